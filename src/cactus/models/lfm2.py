@@ -1,0 +1,218 @@
+"""LFM2 and LFM2-MoE (transformers' Lfm2ForCausalLM / Lfm2MoeForCausalLM), written with `ops`.
+
+Embedding -> N blocks -> final RMSNorm (`embedding_norm`) -> LM head tied to the embedding.
+Each block: h = x + op(operator_norm(x)); out = h + ffn(ffn_norm(h)), where op is a gated short
+convolution or GQA attention (by layer_types) and ffn is SwiGLU or a sparse MoE (lfm2_moe past
+num_dense_layers). Tensor names are HF's; MoE experts are stacked per layer (E, ., .) by convert.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import ops
+from ..config import ModelConfig
+from ..quant import QTensor
+from ..weights import WeightDir
+
+
+# ----------------------------------------------------------------------------- caches
+
+class KVCache:
+    """Keys and values of one attention layer, grown in chunks as the context fills."""
+
+    def __init__(self, n_kv_heads: int, head_dim: int, chunk: int = 256):
+        self.k = np.zeros((0, n_kv_heads, head_dim), np.float32)  # (capacity, Hkv, hd)
+        self.v = np.zeros_like(self.k)
+        self.length = 0
+        self.chunk = chunk
+
+    def append(self, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Store k, v (T, Hkv, hd); return views of all cached (S, Hkv, hd)."""
+        end = self.length + k.shape[0]
+        if end > self.k.shape[0]:
+            cap = max(end, 2 * self.k.shape[0], self.chunk)
+            for name in ("k", "v"):
+                old = getattr(self, name)
+                new = np.zeros((cap,) + old.shape[1:], np.float32)
+                new[: self.length] = old[: self.length]
+                setattr(self, name, new)
+        self.k[self.length:end] = k
+        self.v[self.length:end] = v
+        self.length = end
+        return self.k[:end], self.v[:end]
+
+    def snapshot(self) -> int:
+        return self.length
+
+    def restore(self, length: int) -> None:
+        self.length = length
+
+
+class ConvCache:
+    """The last L-1 inputs (B*x) of one short-conv layer: (L-1, D)."""
+
+    def __init__(self, l_cache: int, hidden: int):
+        self.state = np.zeros((l_cache - 1, hidden), np.float32)
+
+    def snapshot(self) -> np.ndarray:
+        return self.state.copy()
+
+    def restore(self, state: np.ndarray) -> None:
+        self.state[:] = state
+
+
+# ----------------------------------------------------------------------------- layers
+
+@dataclass
+class ShortConv:
+    in_proj: QTensor  # (3D, D) -> B, C, x
+    out_proj: QTensor  # (D, D)
+    conv: np.ndarray  # (D, L) depthwise kernel
+    conv_b: np.ndarray | None  # (D,)
+    in_b: np.ndarray | None  # (3D,)
+    out_b: np.ndarray | None  # (D,)
+
+    def __call__(self, x: np.ndarray, cache: ConvCache, pos: int) -> np.ndarray:
+        bcx = ops.linear(x, self.in_proj)
+        if self.in_b is not None:
+            bcx = bcx + self.in_b
+        b, c, xx = np.split(bcx, 3, axis=-1)
+        y = c * ops.short_conv(b * xx, cache.state, self.conv, self.conv_b)
+        y = ops.linear(y, self.out_proj)
+        return y if self.out_b is None else y + self.out_b
+
+
+@dataclass
+class Attention:
+    q_proj: QTensor  # (H*hd, D)
+    k_proj: QTensor  # (Hkv*hd, D)
+    v_proj: QTensor  # (Hkv*hd, D)
+    out_proj: QTensor  # (D, H*hd)
+    q_norm: np.ndarray  # (hd,)
+    k_norm: np.ndarray  # (hd,)
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    eps: float
+    theta: float
+
+    def __call__(self, x: np.ndarray, cache: KVCache, pos: int) -> np.ndarray:
+        t = x.shape[0]
+        positions = np.arange(pos, pos + t)
+        q = ops.rmsnorm(ops.linear(x, self.q_proj).reshape(t, self.n_heads, self.head_dim), self.q_norm, self.eps)
+        k = ops.rmsnorm(ops.linear(x, self.k_proj).reshape(t, self.n_kv_heads, self.head_dim), self.k_norm, self.eps)
+        v = ops.linear(x, self.v_proj).reshape(t, self.n_kv_heads, self.head_dim)
+        q, k = ops.rope(q, positions, self.theta), ops.rope(k, positions, self.theta)
+        keys, values = cache.append(k, v)
+        o = ops.attention(q, keys, values, pos)
+        return ops.linear(o.reshape(t, -1), self.out_proj)
+
+
+@dataclass
+class SwiGLU:
+    w1: QTensor  # (I, D)
+    w3: QTensor  # (I, D)
+    w2: QTensor  # (D, I)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return ops.linear(ops.silu_mul(ops.linear(x, self.w1), ops.linear(x, self.w3)), self.w2)
+
+
+@dataclass
+class MoE:
+    gate: np.ndarray  # (E, D) router, f32
+    expert_bias: np.ndarray | None  # (E,), chooses experts, does not weigh them
+    w1: QTensor  # (E, I, D)
+    w3: QTensor  # (E, I, D)
+    w2: QTensor  # (E, D, I)
+    top_k: int
+    norm_topk: bool
+    scale: float
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        idx, wts = ops.moe_route(x @ self.gate.T, self.expert_bias, self.top_k, self.norm_topk, self.scale)
+        return ops.moe_experts(x, idx, wts, self.w1, self.w3, self.w2)
+
+
+@dataclass
+class Block:
+    operator_norm: np.ndarray  # (D,)
+    ffn_norm: np.ndarray  # (D,)
+    op: ShortConv | Attention
+    ffn: SwiGLU | MoE
+    eps: float
+
+    def __call__(self, x: np.ndarray, cache, pos: int) -> np.ndarray:
+        h = x + self.op(ops.rmsnorm(x, self.operator_norm, self.eps), cache, pos)
+        return h + self.ffn(ops.rmsnorm(h, self.ffn_norm, self.eps))
+
+
+# ----------------------------------------------------------------------------- model
+
+class LFM2:
+    def __init__(self, cfg: ModelConfig, w: WeightDir):
+        self.cfg = cfg
+        d, hd, e = cfg.hidden_size, cfg.head_dim, cfg.num_experts
+        self.embed = w.tensor("model.embed_tokens.weight", (cfg.vocab_size, d))
+        self.lm_head = self.embed if cfg.tie_word_embeddings else w.tensor("lm_head.weight", (cfg.vocab_size, d))
+        self.norm = w.float_tensor("model.embedding_norm.weight", (d,))
+
+        def opt(name: str, shape: tuple[int, ...]) -> np.ndarray | None:
+            return w.float_tensor(name, shape) if cfg.conv_bias else None
+
+        self.blocks: list[Block] = []
+        for i in range(cfg.num_hidden_layers):
+            p = f"model.layers.{i}."
+            if cfg.is_attention(i):
+                a = p + "self_attn."
+                op = Attention(
+                    w.tensor(a + "q_proj.weight", (cfg.num_attention_heads * hd, d)),
+                    w.tensor(a + "k_proj.weight", (cfg.num_key_value_heads * hd, d)),
+                    w.tensor(a + "v_proj.weight", (cfg.num_key_value_heads * hd, d)),
+                    w.tensor(a + "out_proj.weight", (d, cfg.num_attention_heads * hd)),
+                    w.float_tensor(a + "q_layernorm.weight", (hd,)),
+                    w.float_tensor(a + "k_layernorm.weight", (hd,)),
+                    cfg.num_attention_heads, cfg.num_key_value_heads, hd, cfg.norm_eps, cfg.rope_theta,
+                )
+            else:
+                c = p + "conv."
+                op = ShortConv(
+                    w.tensor(c + "in_proj.weight", (3 * d, d)),
+                    w.tensor(c + "out_proj.weight", (d, d)),
+                    w.float_tensor(c + "conv.weight", (d, 1, cfg.conv_L_cache))[:, 0, :],
+                    opt(c + "conv.bias", (d,)), opt(c + "in_proj.bias", (3 * d,)), opt(c + "out_proj.bias", (d,)),
+                )
+            f = p + "feed_forward."
+            if cfg.is_moe_layer(i):
+                im = cfg.moe_intermediate_size
+                ffn = MoE(
+                    w.float_tensor(f + "gate.weight", (e, d)),
+                    w.float_tensor(f + "expert_bias", (e,)) if cfg.use_expert_bias else None,
+                    w.tensor(f + "experts.w1.weight", (e, im, d)),
+                    w.tensor(f + "experts.w3.weight", (e, im, d)),
+                    w.tensor(f + "experts.w2.weight", (e, d, im)),
+                    cfg.num_experts_per_tok, cfg.norm_topk_prob, cfg.routed_scaling_factor,
+                )
+            else:
+                ff = cfg.intermediate_size
+                ffn = SwiGLU(w.tensor(f + "w1.weight", (ff, d)), w.tensor(f + "w3.weight", (ff, d)),
+                             w.tensor(f + "w2.weight", (d, ff)))
+            self.blocks.append(Block(w.float_tensor(p + "operator_norm.weight", (d,)),
+                                     w.float_tensor(p + "ffn_norm.weight", (d,)), op, ffn, cfg.norm_eps))
+
+    def make_cache(self) -> list[KVCache | ConvCache]:
+        cfg = self.cfg
+        return [KVCache(cfg.num_key_value_heads, cfg.head_dim) if cfg.is_attention(i)
+                else ConvCache(cfg.conv_L_cache, cfg.hidden_size) for i in range(cfg.num_hidden_layers)]
+
+    def forward(self, ids: np.ndarray, cache: list, pos: int, last_only: bool = False) -> np.ndarray:
+        """ids (T,) at positions pos.. -> logits (T, vocab), or (1, vocab) with last_only."""
+        x = ops.embed(ids, self.embed)  # (T, D)
+        for block, layer_cache in zip(self.blocks, cache):
+            x = block(x, layer_cache, pos)
+        if last_only:
+            x = x[-1:]
+        return ops.linear(ops.rmsnorm(x, self.norm, self.cfg.norm_eps), self.lm_head)

@@ -1,0 +1,256 @@
+"""The weight directory: a safetensors file read through mmap, and a streaming writer for it.
+
+Reading parses the safetensors header ourselves so every tensor is a zero-copy numpy view of
+the mapped file, and validates each entry (dtype, shape, byte range) before anything uses it.
+Writing streams one tensor at a time, so converting a 24B model never holds it in memory.
+The layout of our quantized tensors inside the container is in docs/FORMAT.md.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .quant import FORMATS, QUANTIZED, QTensor, padded
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+ALIGN = 64  # every tensor starts on a 64-byte boundary of the file (cache line / AVX-512 load)
+MAX_HEADER = 100 << 20
+
+DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+    "U16": np.uint16, "U32": np.uint32, "BOOL": np.bool_,
+}
+_NAMES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.int8): "I8",
+          np.dtype(np.uint8): "U8", np.dtype(np.int32): "I32", np.dtype(np.int64): "I64"}
+
+
+class WeightError(ValueError):
+    """A weight file or tensor that is missing, truncated or not what the model needs."""
+
+
+# ----------------------------------------------------------------------------- reading
+
+class SafetensorsFile:
+    """Zero-copy views of every tensor in one .safetensors file."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise WeightError(f"{self.path}: no such weight file") from None
+        try:
+            size = os.fstat(fd).st_size
+            if size < 8:
+                raise WeightError(f"{self.path}: truncated ({size} bytes, no safetensors header)")
+            self._mmap = mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else None
+        finally:
+            os.close(fd)
+        (hlen,) = struct.unpack("<Q", self._mmap[:8])
+        if hlen > MAX_HEADER or 8 + hlen > size:
+            raise WeightError(f"{self.path}: truncated or corrupt header (header length {hlen}, file {size} bytes)")
+        try:
+            header = json.loads(bytes(self._mmap[8:8 + hlen]))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise WeightError(f"{self.path}: header is not valid JSON ({e})") from None
+        if not isinstance(header, dict):
+            raise WeightError(f"{self.path}: header is not a JSON object")
+        self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
+        base = 8 + hlen
+        buf = memoryview(self._mmap)
+        self.tensors: dict[str, np.ndarray] = {}
+        self.dtypes: dict[str, str] = {}
+        for name, info in header.items():
+            try:
+                dtype, shape, (begin, end) = info["dtype"], [int(s) for s in info["shape"]], info["data_offsets"]
+            except (KeyError, TypeError, ValueError):
+                raise WeightError(f"{self.path}: tensor '{name}' has a malformed header entry") from None
+            if dtype not in DTYPES:
+                raise WeightError(f"{self.path}: tensor '{name}' has unsupported dtype {dtype}")
+            np_dtype = np.dtype(DTYPES[dtype])
+            nbytes = int(np.prod(shape, dtype=np.int64)) * np_dtype.itemsize
+            if end - begin != nbytes or begin < 0 or min(shape, default=1) < 0:
+                raise WeightError(f"{self.path}: tensor '{name}' has {end - begin} bytes, "
+                                  f"its shape {shape} and dtype {dtype} need {nbytes}")
+            if base + end > size:
+                raise WeightError(f"{self.path}: truncated: tensor '{name}' ends at byte {base + end}, "
+                                  f"the file has {size}")
+            if name.startswith("__pad__."):
+                continue  # alignment filler written by write_safetensors
+            self.tensors[name] = np.frombuffer(buf[base + begin:base + end], np_dtype).reshape(shape)
+            self.dtypes[name] = dtype
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """How one logical weight is stored (from the file's `cactus` metadata)."""
+
+    fmt: str
+    shape: tuple[int, ...]
+    group_size: int = 0
+
+
+class WeightDir:
+    """A converted model directory: config.json (with a `cactus` section) + model.safetensors."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise WeightError(f"{self.path}: not a model directory")
+        cfg_path = self.path / "config.json"
+        try:
+            self.config_dict = json.loads(cfg_path.read_text())
+        except FileNotFoundError:
+            raise WeightError(f"{cfg_path}: missing (is this a converted cactus model directory?)") from None
+        except json.JSONDecodeError as e:
+            raise WeightError(f"{cfg_path}: not valid JSON ({e})") from None
+        section = self.config_dict.get("cactus")
+        if not isinstance(section, dict):
+            raise WeightError(f"{cfg_path}: no 'cactus' section: this looks like a HuggingFace checkpoint, "
+                              f"convert it first with `cactus convert {self.path} OUT_DIR`")
+        if section.get("format_version") != FORMAT_VERSION:
+            raise WeightError(f"{cfg_path}: format_version {section.get('format_version')!r}, "
+                              f"this cactus reads {FORMAT_VERSION}: convert the model again")
+        self.file = SafetensorsFile(self.path / section.get("weights", WEIGHTS_FILE))
+        try:
+            raw = json.loads(self.file.metadata.get("cactus.tensors", "{}"))
+            self.info = {n: TensorInfo(i["fmt"], tuple(i["shape"]), int(i.get("group_size", 0)))
+                         for n, i in raw.items()}
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise WeightError(f"{self.file.path}: malformed 'cactus.tensors' metadata ({e})") from None
+
+    def _raw(self, name: str) -> np.ndarray:
+        try:
+            return self.file.tensors[name]
+        except KeyError:
+            raise WeightError(f"{self.file.path}: missing tensor '{name}'") from None
+
+    def tensor(self, name: str, shape: tuple[int, ...]) -> QTensor:
+        """The weight `name`, checked to have logical shape `shape`, as a QTensor of mmap views."""
+        info = self.info.get(name)
+        if info is None:
+            data = self._raw(name)
+            fmt = {"F32": "f32", "F16": "f16", "BF16": "bf16"}.get(self.file.dtypes[name])
+            if fmt is None:
+                raise WeightError(f"{self.file.path}: tensor '{name}' has dtype {self.file.dtypes[name]}, "
+                                  f"expected a float type")
+            info = TensorInfo(fmt, tuple(data.shape))
+        if tuple(info.shape) != tuple(shape):
+            raise WeightError(f"{self.file.path}: tensor '{name}' has shape {list(info.shape)}, "
+                              f"the config needs {list(shape)}")
+        data = self._raw(name)
+        want, dtype = stored_layout(info.fmt, shape, info.group_size)[0]
+        if tuple(data.shape) != want or data.dtype != np.dtype(DTYPES[dtype]):
+            raise WeightError(f"{self.file.path}: tensor '{name}' stored as {self.file.dtypes[name]} "
+                              f"{list(data.shape)}, format {info.fmt} needs {dtype} {list(want)}")
+        scales = None
+        if info.fmt in QUANTIZED:
+            scales = self._raw(name + ".scales")
+            want_s = stored_layout(info.fmt, shape, info.group_size)[1][0]
+            if tuple(scales.shape) != want_s or scales.dtype != np.float16:
+                raise WeightError(f"{self.file.path}: tensor '{name}.scales' is {self.file.dtypes[name + '.scales']} "
+                                  f"{list(scales.shape)}, expected F16 {list(want_s)}")
+        return QTensor(info.fmt, tuple(shape), data, scales, info.group_size)
+
+    def float_tensor(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A small float weight (norms, conv kernels, router) as f32 (a copy only if not stored f32)."""
+        return self.tensor(name, shape).dequantize()
+
+
+def stored_layout(fmt: str, shape: tuple[int, ...], group: int) -> list[tuple[tuple[int, ...], str]]:
+    """[(shape, dtype)] of the data tensor (and its scales) for a logical (..., N, K) weight."""
+    if fmt not in FORMATS:
+        raise WeightError(f"unknown weight format {fmt!r}")
+    shape = tuple(shape)
+    if fmt in ("f32", "f16", "bf16"):
+        return [(shape, {"f32": "F32", "f16": "F16", "bf16": "BF16"}[fmt])]
+    if group <= 0:
+        raise WeightError(f"format {fmt} needs a positive group size")
+    kp = padded(shape[-1], group)
+    data = (shape[:-1] + (kp,), "I8") if fmt == "int8" else (shape[:-1] + (kp // 2,), "U8")
+    return [data, (shape[:-1] + (kp // group,), "F16")]
+
+
+# ----------------------------------------------------------------------------- writing
+
+@dataclass
+class PlannedTensor:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    produce: Callable[[], np.ndarray]  # called once, when this tensor's bytes are written
+
+
+def write_safetensors(path: Path, tensors: Iterable[PlannedTensor], metadata: dict[str, str],
+                      progress: Callable[[PlannedTensor], None] | None = None) -> None:
+    """Write a standard .safetensors file one tensor at a time, each aligned to ALIGN bytes.
+
+    safetensors wants the data section fully indexed, so alignment gaps are filled by small
+    `__pad__.N` U8 tensors (readers skip them); the file stays loadable by any safetensors reader.
+    """
+    sizes = [(t, int(np.prod(t.shape, dtype=np.int64)) * np.dtype(DTYPES[t.dtype]).itemsize) for t in tensors]
+    header_len = 4096
+    while True:  # the padding depends on where the data starts, i.e. on the header's own length
+        entries, plan, off = {}, [], 0
+        for t, nbytes in sizes:
+            gap = (-(8 + header_len + off)) % ALIGN
+            if gap:
+                entries[f"__pad__.{len(plan)}"] = {"dtype": "U8", "shape": [gap], "data_offsets": [off, off + gap]}
+                plan.append((None, gap))
+                off += gap
+            entries[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [off, off + nbytes]}
+            plan.append((t, nbytes))
+            off += nbytes
+        entries["__metadata__"] = metadata
+        raw = json.dumps(entries, separators=(",", ":")).encode()
+        if len(raw) <= header_len:
+            break
+        header_len = padded(len(raw) + 1024, ALIGN)
+    raw = raw + b" " * (header_len - len(raw))
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for t, nbytes in plan:
+            if t is None:
+                f.write(b"\0" * nbytes)
+                continue
+            arr = np.ascontiguousarray(t.produce())
+            if tuple(arr.shape) != tuple(t.shape) or arr.dtype != np.dtype(DTYPES[t.dtype]):
+                raise WeightError(f"internal: tensor '{t.name}' produced {arr.dtype} {arr.shape}, "
+                                  f"planned {t.dtype} {t.shape}")
+            f.write(memoryview(arr).cast("B"))
+            if progress:
+                progress(t)
+
+
+def plan_weight(name: str, fmt: str, shape: tuple[int, ...], group: int,
+                produce_f32: Callable[[], np.ndarray]) -> tuple[list[PlannedTensor], dict | None]:
+    """The planned tensors (data and scales) for one logical weight, quantized lazily once."""
+    from .quant import quantize
+
+    layout = stored_layout(fmt, shape, group)
+    cache: dict[str, tuple] = {}
+
+    def get(i: int) -> np.ndarray:
+        if "q" not in cache:
+            cache["q"] = quantize(produce_f32(), fmt, group)
+        out = cache["q"][i]
+        if i == len(layout) - 1:
+            cache.clear()  # last piece written: free the quantized copy
+        return out
+
+    planned = [PlannedTensor(name, layout[0][1], layout[0][0], lambda: get(0))]
+    if fmt in QUANTIZED:
+        planned.append(PlannedTensor(name + ".scales", layout[1][1], layout[1][0], lambda: get(1)))
+    info = {"fmt": fmt, "shape": list(shape), "group_size": group if fmt in QUANTIZED else 0}
+    return planned, info

@@ -1,0 +1,108 @@
+"""Our logits against transformers' Lfm2 / Lfm2Moe on tiny random checkpoints, through the real
+`cactus convert`: f32 to the oracle, cached decode to prefill, quantized weights to the oracle
+running the same dequantized weights, and the quantization error itself (measured, reported)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+from cactus.convert import convert
+from cactus.engine import load
+from helpers import hf_logits, load_dequantized_into, make_hf_model
+
+# Each case is a config the reference honours that changes the computation.
+CASES = {
+    "dense": ("dense", {}),
+    "dense-conv_bias-odd_hidden": ("dense", dict(conv_bias=True, hidden_size=40, num_attention_heads=5,
+                                                 num_key_value_heads=1, intermediate_size=70)),
+    "dense-mha-all_attention": ("dense", dict(num_key_value_heads=4, layer_types=["full_attention"] * 3,
+                                              num_hidden_layers=3)),
+    "dense-all_conv-no_autoadjust-rope": ("dense", dict(layer_types=["conv"] * 3, num_hidden_layers=3,
+                                                        block_auto_adjust_ff_dim=False,
+                                                        rope_parameters={"rope_type": "default",
+                                                                         "rope_theta": 10000.0})),
+    "dense-untied": ("dense", dict(tie_word_embeddings=False)),
+    "moe": ("moe", {}),
+    "moe-no_expert_bias-no_norm-scaled": ("moe", dict(use_expert_bias=False, norm_topk_prob=False,
+                                                      routed_scaling_factor=2.5)),
+    "moe-top3-two_dense-conv_bias": ("moe", dict(num_experts_per_tok=3, num_dense_layers=2, conv_bias=True,
+                                                 num_hidden_layers=5,
+                                                 layer_types=["conv", "full_attention", "conv", "conv",
+                                                              "full_attention"])),
+    "moe-top1-gqa4-rope": ("moe", dict(num_experts_per_tok=1, num_attention_heads=8, num_key_value_heads=2,
+                                       hidden_size=64, num_dense_layers=0,
+                                       rope_parameters={"rope_type": "default", "rope_theta": 500.0})),
+}
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def kl(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
+    """Mean KL(p || q) over positions."""
+    lp = p_logits - p_logits.max(-1, keepdims=True)
+    lp -= np.log(np.exp(lp).sum(-1, keepdims=True))
+    lq = q_logits - q_logits.max(-1, keepdims=True)
+    lq -= np.log(np.exp(lq).sum(-1, keepdims=True))
+    return float((np.exp(lp) * (lp - lq)).sum(-1).mean())
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def case(request, tmp_path_factory):
+    kind, overrides = CASES[request.param]
+    path, model = make_hf_model(tmp_path_factory.mktemp(request.param) / "hf", kind, **overrides)
+    ids = np.random.default_rng(1).integers(0, model.config.vocab_size, 24)
+    return path, model, ids
+
+
+def test_f32_prefill_matches_transformers(case, tmp_path):
+    hf_dir, model, ids = case
+    ours = load(convert(hf_dir, tmp_path / "f32", quant="f32")).forward(ids)
+    assert rel_err(ours, hf_logits(model, ids)) < 1e-4
+
+
+def test_cached_decode_matches_prefill(case, tmp_path):
+    hf_dir, model, ids = case
+    m = load(convert(hf_dir, tmp_path / "f32", quant="f32"))
+    # prefill a prefix, then one token at a time, then a chunk: every split gives the same logits
+    steps = [m.forward(ids[:7])] + [m.forward(ids[i:i + 1]) for i in range(7, 15)] + [m.forward(ids[15:])]
+    assert rel_err(np.concatenate(steps), hf_logits(model, ids)) < 1e-4
+    assert m.n_past == len(ids)
+
+
+@pytest.mark.parametrize("quant", ["f16", "bf16", "int8", "int4"])
+def test_stored_weights_compute_exactly(case, tmp_path, quant):
+    """Same (dequantized) weights in transformers and in our engine: the same logits."""
+    hf_dir, model, ids = case
+    out = convert(hf_dir, tmp_path / quant, quant=quant)
+    ours = load(out).forward(ids)
+    oracle = copy.deepcopy(model)
+    load_dequantized_into(oracle, out)
+    assert rel_err(ours, hf_logits(oracle, ids)) < 1e-4
+
+
+def test_quantization_error_on_random_weights(tmp_path):
+    """int8/int4 against the f32 original. Random tiny models have flat, chaotic logits, so these
+    bounds are the measured error (see docs/FORMAT.md), not the issue's trained-model targets."""
+    hf_dir, model = make_hf_model(tmp_path / "hf", "dense", hidden_size=128, intermediate_size=384,
+                                  vocab_size=256)
+    rng = np.random.default_rng(5)
+    prompts = [rng.integers(0, 256, 32) for _ in range(4)]
+    ref = np.concatenate([hf_logits(model, p) for p in prompts])
+    results = {}
+    for quant in ("int8", "int4"):
+        m = load(convert(hf_dir, tmp_path / quant, quant=quant))
+        ours = []
+        for p in prompts:
+            m.reset()
+            ours.append(m.forward(p))
+        ours = np.concatenate(ours)
+        results[quant] = (kl(ref, ours), float((ours.argmax(-1) == ref.argmax(-1)).mean()))
+    print("quantization error vs f32 (KL, top-1):", results)
+    assert results["int8"][0] < 2e-3 and results["int8"][1] >= 0.95
+    assert results["int4"][0] < 0.3
+    assert results["int8"][0] < results["int4"][0]
