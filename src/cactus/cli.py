@@ -22,6 +22,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_download(args: argparse.Namespace) -> int:
+    from .hub import download
+
+    out = download(args.repo, quant=args.quant, out=args.out, revision=args.revision, force=args.force,
+                   progress=not args.quiet)
+    print(f"model ready: {out}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cactus", description="Run LFM2 / LFM2-MoE models on a CPU.")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
@@ -41,6 +50,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=cmd_convert)
+
+    d = sub.add_parser("download", help="download a HuggingFace checkpoint and convert it",
+                       description="Fetch only what a conversion needs (config, safetensors, tokenizer, chat "
+                                   "template) with huggingface_hub (resumable; honours HF_TOKEN, HF_HOME, "
+                                   "HF_HUB_OFFLINE), then convert it into weights/<name>.")
+    d.add_argument("repo", help="HuggingFace repo id, e.g. LiquidAI/LFM2-24B-A2B")
+    d.add_argument("--quant", default="int4", choices=["f32", "f16", "bf16", "int8", "int4"],
+                   help="weight format (default: int4)")
+    d.add_argument("--out", type=Path, default=None, help="output directory (default: weights/<repo name>)")
+    d.add_argument("--revision", default=None, help="branch, tag or commit of the repo")
+    d.add_argument("--force", action="store_true", help="convert again even if the output exists")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
+    d.set_defaults(func=cmd_download)
     return p
 
 
@@ -61,7 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         from .config import ConfigError
         from .weights import WeightError
 
+        from .hub import DownloadError
+
         usage = isinstance(e, (ConfigError, WeightError, ValueError, FileNotFoundError, FileExistsError))
+        if isinstance(e, DownloadError):
+            usage = False
         print(f"cactus {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE if usage else EXIT_FAIL
 
