@@ -1,0 +1,260 @@
+"""The user-facing API: `Model` (Pythonic: `.complete(messages) -> Completion`) and the C-style
+`cactus_init / cactus_complete / cactus_reset / cactus_destroy` (JSON in, JSON out) thin over it.
+
+`cactus_complete` never raises: any failure is `{"success": false, "error": "...", ...}` with
+every other response field present.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .chat import ChatTemplate
+from .generate import Finish, Session, Token, eos_ids, generate
+from .sampling import SamplingOptions
+from .tokenizer import Tokenizer
+
+RESPONSE_FIELDS = ("success", "error", "response", "function_calls", "cloud_handoff", "confidence",
+                   "time_to_first_token_ms", "total_time_ms", "prefill_tps", "decode_tps", "prefill_tokens",
+                   "decode_tokens", "total_tokens", "ram_usage_mb")
+# generation_config.json fields that become default options (the caller's options win)
+_GENERATION_DEFAULTS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")
+
+
+@dataclass
+class Completion:
+    response: str
+    function_calls: list[dict]
+    cloud_handoff: bool
+    confidence: float
+    time_to_first_token_ms: float
+    total_time_ms: float
+    prefill_tps: float
+    decode_tps: float
+    prefill_tokens: int
+    decode_tokens: int
+    total_tokens: int
+    ram_usage_mb: float
+    finish_reason: str = ""                                     # eos | stop | length | handoff
+    token_ids: list[int] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict:
+        """The response object of DESIGN §7 (exactly its fields)."""
+        d = asdict(self)
+        return {"success": True, "error": None, **{k: d[k] for k in RESPONSE_FIELDS[2:]}}
+
+
+def error_response(message: str) -> dict:
+    return {"success": False, "error": message, "response": "", "function_calls": [], "cloud_handoff": False,
+            "confidence": 0.0, "time_to_first_token_ms": 0.0, "total_time_ms": 0.0, "prefill_tps": 0.0,
+            "decode_tps": 0.0, "prefill_tokens": 0, "decode_tokens": 0, "total_tokens": 0,
+            "ram_usage_mb": ram_usage_mb()}
+
+
+class Model:
+    """A loaded model with one conversation session (its caches persist between calls).
+
+        with Model("weights/lfm2-1.2b") as m:
+            print(m.complete([{"role": "user", "content": "Hi"}], max_tokens=64).response)
+    """
+
+    def __init__(self, path: str | Path, max_context: int | None = None, engine=None):
+        if engine is None:
+            from .engine import load
+
+            engine = load(path, max_context)
+        self.engine = engine
+        self.path = Path(engine.path)
+        self.tokenizer = Tokenizer(self.path)
+        self.template = ChatTemplate.from_dir(self.path, self.tokenizer.template_tokens())
+        generation = _read_json(self.path / "generation_config.json")
+        extra_eos = generation.get("eos_token_id")
+        extra_eos = [extra_eos] if isinstance(extra_eos, int) else (extra_eos or [])
+        self.stop_ids = eos_ids(engine, self.tokenizer, extra_eos)
+        sampled = generation.get("do_sample", False)
+        self.defaults = {k: generation[k] for k in _GENERATION_DEFAULTS
+                         if k in generation and (sampled or k == "repetition_penalty")}
+        self.session = Session(engine)
+        self.closed = False
+
+    def prompt_ids(self, messages: Any, tools: Any = None) -> list[int]:
+        """Messages (+ tools) rendered through the model's template and tokenized."""
+        return self.tokenizer.encode(self.template.render(messages, tools=tools, add_generation_prompt=True))
+
+    def stream(self, messages: Any, tools: Any = None, options: Any = None, **kwargs) -> Iterator[Token | Completion]:
+        """Yield a `Token` per sampled id (its `.text`: the response piece it releases), then the
+        `Completion`. Options: keyword arguments and/or `options` (dict or JSON string)."""
+        self._check_open()
+        start = time.perf_counter()
+        opts = SamplingOptions.parse(options, defaults=self.defaults, **kwargs)
+        prompt = self.prompt_ids(messages, tools)
+        pieces, ids, finish = [], [], None
+        setup_s = time.perf_counter() - start  # options, template, tokenizer
+        for event in generate(self.session, self.tokenizer, prompt, opts, stop_ids=self.stop_ids):
+            if isinstance(event, Finish):
+                finish = event
+                break
+            pieces.append(event.text)
+            ids.append(event.id)
+            yield event
+        yield _completion("".join(pieces), ids, finish, time.perf_counter() - start, setup_s)
+
+    def complete(self, messages: Any, tools: Any = None, callback: Callable | None = None, user_data: Any = None,
+                 options: Any = None, **kwargs) -> Completion:
+        """The whole answer. `callback(token: bytes, token_id: int, user_data)` gets each piece of
+        response text as it is released (whole UTF-8 characters; together, the response)."""
+        for event in self.stream(messages, tools, options, **kwargs):
+            if isinstance(event, Completion):
+                return event
+            if callback is not None and event.text:
+                callback(event.text.encode("utf-8"), event.id, user_data)
+        raise AssertionError("generate() ended without a Finish event")
+
+    def reset(self) -> None:
+        """Forget the conversation: the next call prefills its whole prompt."""
+        self._check_open()
+        self.session.reset()
+
+    def close(self) -> None:
+        """Release the model (its weights' mmap and caches). Calling it twice is harmless."""
+        if not self.closed:
+            self.closed = True
+            self.session = self.engine = None
+            self.template = self.tokenizer = None
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError("this model handle was destroyed (cactus_destroy / close)")
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _completion(text: str, ids: list[int], finish: Finish, total_s: float, setup_s: float) -> Completion:
+    # time to first token is counted from the call's start: template, tokenizer and prefill included
+    ttft_s = setup_s + finish.first_token_s
+    decode_steps = finish.decode_tokens - 1  # the first token comes out of the prefill
+    return Completion(
+        response=text, function_calls=finish.function_calls, cloud_handoff=finish.cloud_handoff,
+        confidence=round(finish.confidence, 6), time_to_first_token_ms=ttft_s * 1e3, total_time_ms=total_s * 1e3,
+        prefill_tps=finish.prefill_tokens / finish.prefill_s if finish.prefill_s > 0 else 0.0,
+        decode_tps=decode_steps / finish.decode_s if decode_steps > 0 and finish.decode_s > 0 else 0.0,
+        prefill_tokens=finish.prefill_tokens, decode_tokens=finish.decode_tokens,
+        total_tokens=finish.prefill_tokens + finish.decode_tokens, ram_usage_mb=ram_usage_mb(),
+        finish_reason=finish.reason, token_ids=ids)
+
+
+# ----------------------------------------------------------------------------- C-style API
+
+def cactus_init(model_path: str | Path, context_size: int | None = None) -> Model:
+    """Load a converted model directory -> a handle for the other cactus_* functions."""
+    return Model(model_path, max_context=context_size)
+
+
+def cactus_complete(handle: Model, messages: Any, options: Any = None, callback: Callable | None = None,
+                    tools: Any = None, user_data: Any = None, **kwargs) -> str:
+    """Messages (list or JSON string) -> response JSON string (DESIGN §7). Never raises."""
+    try:
+        model = _model(handle)
+        return json.dumps(model.complete(messages, tools=tools, callback=callback, user_data=user_data,
+                                         options=options, **kwargs).to_dict(), ensure_ascii=False)
+    except Exception as e:  # the contract: errors come back as JSON, not as a crash
+        message = str(e) if isinstance(e, (ValueError, FileNotFoundError)) else f"{type(e).__name__}: {e}"
+        return json.dumps(error_response(message), ensure_ascii=False)
+
+
+def cactus_reset(handle: Model) -> None:
+    """Clear the handle's conversation caches."""
+    _model(handle).reset()
+
+
+def cactus_destroy(handle: Model) -> None:
+    """Free the handle. Using it afterwards gives an error; destroying it twice does nothing."""
+    if isinstance(handle, Model):
+        handle.close()
+
+
+def _model(handle: Any) -> Model:
+    if not isinstance(handle, Model):
+        raise ValueError(f"invalid model handle ({type(handle).__name__}); pass what cactus_init returned")
+    handle._check_open()
+    return handle
+
+
+# ----------------------------------------------------------------------------- memory
+
+def ram_usage_mb() -> float:
+    """Current resident set size of this process in MB (not the peak)."""
+    return round(_rss_bytes() / 2**20, 3)
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:  # Linux: pages; second field is resident
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        pass
+    if sys.platform == "darwin":
+        try:
+            return _mach_resident_bytes()
+        except Exception:
+            pass
+    import resource  # last resort: the peak, which is >= current
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+class _TimeValue(ctypes.Structure):
+    _fields_ = [("seconds", ctypes.c_int), ("microseconds", ctypes.c_int)]
+
+
+class _MachTaskBasicInfo(ctypes.Structure):  # <mach/task_info.h>, packed to 4 bytes
+    _pack_ = 4
+    _fields_ = [("virtual_size", ctypes.c_uint64), ("resident_size", ctypes.c_uint64),
+                ("resident_size_max", ctypes.c_uint64), ("user_time", _TimeValue), ("system_time", _TimeValue),
+                ("policy", ctypes.c_int), ("suspend_count", ctypes.c_int)]
+
+
+def _mach_resident_bytes() -> int:
+    """macOS: task_info(mach_task_self(), MACH_TASK_BASIC_INFO).resident_size."""
+    libc = ctypes.CDLL("/usr/lib/libSystem.B.dylib")
+    task = ctypes.c_uint32.in_dll(libc, "mach_task_self_")  # mach_task_self() is a macro for this
+    info = _MachTaskBasicInfo()
+    count = ctypes.c_uint32(ctypes.sizeof(info) // 4)
+    mach_task_basic_info = 20
+    kr = libc.task_info(task, mach_task_basic_info, ctypes.byref(info), ctypes.byref(count))
+    if kr != 0:
+        raise OSError(f"task_info failed ({kr})")
+    return int(info.resident_size)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+__all__ = [
+    "RESPONSE_FIELDS",
+    "Completion",
+    "Model",
+    "cactus_complete",
+    "cactus_destroy",
+    "cactus_init",
+    "cactus_reset",
+    "ram_usage_mb",
+]

@@ -1,0 +1,254 @@
+"""The model's own chat template, rendered with jinja2 in a sandbox the way transformers renders it,
+and the checks on what goes into it (messages, OpenAI-style tool schemas).
+
+Assistant messages with OpenAI-style `tool_calls` become the text LFM2 writes for them
+(`<|tool_call_start|>[name(k=v)]<|tool_call_end|>` + content) unless the template renders
+`tool_calls` itself.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import jinja2.ext
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from .tools import format_tool_calls, normalize_call
+
+ROLES = ("system", "user", "assistant", "tool")
+
+
+class ChatTemplate:
+    """A chat template (Jinja source) plus the special tokens it may refer to."""
+
+    def __init__(self, source: str | dict[str, str], special_tokens: dict[str, str] | None = None):
+        named = source if isinstance(source, dict) else {"default": source}
+        if not named or not all(isinstance(v, str) for v in named.values()):
+            raise ValueError("a chat template must be a string or a {name: string} mapping")
+        self.templates = named
+        self.special_tokens = dict(special_tokens or {})
+
+    @classmethod
+    def from_dir(cls, path: str | Path, special_tokens: dict[str, str] | None = None) -> ChatTemplate:
+        """Read the template of a model directory: chat_template.jinja, chat_template.json, or
+        tokenizer_config.json's `chat_template` (a string or a list of named templates)."""
+        path = Path(path)
+        if (path / "chat_template.jinja").is_file():
+            return cls((path / "chat_template.jinja").read_text("utf-8"), special_tokens)
+        for name in ("chat_template.json", "tokenizer_config.json"):
+            file = path / name
+            if file.is_file():
+                value = json.loads(file.read_text("utf-8")).get("chat_template")
+                if isinstance(value, list):  # [{"name": ..., "template": ...}], as transformers stores them
+                    value = {t["name"]: t["template"] for t in value}
+                if value:
+                    return cls(value, special_tokens)
+        raise FileNotFoundError(f"{path}: no chat template (chat_template.jinja or tokenizer_config.json)")
+
+    def source(self, tools: bool = False) -> str:
+        if tools and "tool_use" in self.templates:
+            return self.templates["tool_use"]
+        if "default" in self.templates:
+            return self.templates["default"]
+        if len(self.templates) == 1:
+            return next(iter(self.templates.values()))
+        raise ValueError(f"the model has several chat templates {sorted(self.templates)} and none is 'default'")
+
+    def render(self, messages: Any, tools: Any = None, add_generation_prompt: bool = True, **extra) -> str:
+        """Messages (+ tools) -> the prompt text, exactly as the model was trained to read it."""
+        messages = validate_messages(messages)
+        tools = validate_tools(tools)
+        source = self.source(tools=bool(tools))
+        if "tool_calls" not in source:  # the template does not know tool calls: write them as LFM2 does
+            messages = [_inline_tool_calls(m) for m in messages]
+        context = dict(self.special_tokens, **extra)
+        try:
+            return _compile(source).render(messages=messages, tools=tools, documents=None,
+                                           add_generation_prompt=add_generation_prompt, **context)
+        except jinja2.TemplateError as e:
+            raise ValueError(f"chat template: {e}") from None
+
+
+def validate_messages(messages: Any) -> list[dict]:
+    """Check a conversation -> a fresh plain copy (keys with value None dropped, as transformers does).
+
+    Raises ValueError naming the first thing wrong, e.g. "messages[1].role: ...".
+    """
+    if isinstance(messages, (str, bytes)):
+        try:
+            messages = json.loads(messages)
+        except ValueError as e:
+            raise ValueError(f"messages: not valid JSON ({e})") from None
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("messages must be a non-empty list of {role, content} objects")
+    out = []
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise ValueError(f"{where} must be an object, got {type(message).__name__}")
+        message = {k: _plain(v, f"{where}.{k}") for k, v in message.items() if v is not None}
+        role = message.get("role")
+        if role not in ROLES:
+            raise ValueError(f"{where}.role must be one of {', '.join(ROLES)}; got {role!r}")
+        if "tool_calls" in message:
+            if role != "assistant":
+                raise ValueError(f"{where}: only assistant messages carry tool_calls")
+            calls = message["tool_calls"]
+            if not isinstance(calls, list):
+                raise ValueError(f"{where}.tool_calls must be a list")
+            for j, call in enumerate(calls):
+                try:
+                    normalize_call(call)
+                except ValueError as e:
+                    raise ValueError(f"{where}.tool_calls[{j}]: {e}") from None
+        content = message.get("content")
+        if content is None:
+            if not message.get("tool_calls"):
+                raise ValueError(f"{where} has no content")
+        elif isinstance(content, list) and role != "tool":
+            message["content"] = _join_text_parts(content, f"{where}.content")
+        elif not isinstance(content, str) and role != "tool":  # tool results may be any JSON value
+            raise ValueError(f"{where}.content must be a string, got {type(content).__name__}")
+        out.append(message)
+    return out
+
+
+def validate_tools(tools: Any) -> list[dict] | None:
+    """Check OpenAI-style tool schemas -> a plain copy, or None for no tools.
+
+    `{"type": "function", "function": {"name", "description", "parameters": {JSON schema}}}`;
+    the bare inner `{"name", ...}` form is accepted too. Raises ValueError naming the field.
+    """
+    if tools is None:
+        return None
+    if isinstance(tools, (str, bytes)):
+        try:
+            tools = json.loads(tools)
+        except ValueError as e:
+            raise ValueError(f"tools: not valid JSON ({e})") from None
+    if not isinstance(tools, list):
+        raise ValueError("tools must be a list of tool schemas")
+    out = []
+    for i, tool in enumerate(tools):
+        where = f"tools[{i}]"
+        if not isinstance(tool, dict):
+            raise ValueError(f"{where} must be an object, got {type(tool).__name__}")
+        tool = _plain(tool, where)
+        fn = tool
+        if "function" in tool or "type" in tool:
+            if tool.get("type") != "function":
+                raise ValueError(f"{where}.type must be 'function', got {tool.get('type')!r}")
+            fn, where = tool.get("function"), where + ".function"
+            if not isinstance(fn, dict):
+                raise ValueError(f"{where} must be an object")
+        name = fn.get("name")
+        if not isinstance(name, str) or not name or not all(p.isidentifier() for p in name.split(".")):
+            raise ValueError(f"{where}.name must be an identifier (letters, digits, _), got {name!r}")
+        if not isinstance(fn.get("description", ""), str):
+            raise ValueError(f"{where}.description must be a string")
+        if "parameters" in fn:
+            _check_parameters(fn["parameters"], f"{where}.parameters")
+        out.append(tool)
+    return out
+
+
+def _check_parameters(params: Any, where: str) -> None:
+    if not isinstance(params, dict):
+        raise ValueError(f"{where} must be a JSON-schema object")
+    if params.get("type", "object") != "object":
+        raise ValueError(f"{where}.type must be 'object', got {params.get('type')!r}")
+    props = params.get("properties", {})
+    if not isinstance(props, dict):
+        raise ValueError(f"{where}.properties must be an object")
+    for key, schema in props.items():
+        if not isinstance(schema, dict):
+            raise ValueError(f"{where}.properties.{key} must be a JSON-schema object")
+    required = params.get("required", [])
+    if not isinstance(required, list):
+        raise ValueError(f"{where}.required must be a list of property names")
+    for j, key in enumerate(required):
+        if not isinstance(key, str) or key not in props:
+            raise ValueError(f"{where}.required[{j}]: {key!r} is not one of the properties")
+
+
+def _inline_tool_calls(message: dict) -> dict:
+    calls = message.get("tool_calls")
+    if not calls:
+        return message
+    message = {k: v for k, v in message.items() if k != "tool_calls"}
+    message["content"] = format_tool_calls(calls) + (message.get("content") or "")
+    return message
+
+
+def _join_text_parts(parts: list, where: str) -> str:
+    """OpenAI content parts [{"type": "text", "text": ...}] -> one string (this model reads text only)."""
+    texts = []
+    for j, part in enumerate(parts):
+        if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+            raise ValueError(f"{where}[{j}] must be a {{'type': 'text', 'text': str}} part")
+        texts.append(part["text"])
+    return "".join(texts)
+
+
+def _plain(value: Any, where: str) -> Any:
+    """A fresh copy made of JSON types only, so the template sees nothing with methods of its own."""
+    if value is None or type(value) in (str, int, float, bool):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _plain(v, where) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, where) for v in value]
+    for base in (bool, int, float, str):  # subclasses (enums, numpy scalars via .item()) -> base type
+        if isinstance(value, base):
+            return base(value)
+    if hasattr(value, "item"):
+        return _plain(value.item(), where)
+    raise ValueError(f"{where}: {type(value).__name__} is not a JSON value")
+
+
+class _GenerationTag(jinja2.ext.Extension):
+    """`{% generation %}...{% endgeneration %}` (transformers' assistant-mask marker): render the body."""
+
+    tags = {"generation"}
+
+    def parse(self, parser):
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+    def _body(self, caller):
+        return caller()
+
+
+def _raise_exception(message: str):
+    raise jinja2.exceptions.TemplateError(message)
+
+
+def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    # transformers' override: no HTML escaping, unicode kept
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+@lru_cache(maxsize=8)
+def _compile(source: str) -> jinja2.Template:
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[_GenerationTag, jinja2.ext.loopcontrols])
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    try:
+        return env.from_string(source)
+    except jinja2.TemplateSyntaxError as e:
+        raise ValueError(f"chat template does not parse: {e}") from None
+
+
+__all__ = ["ROLES", "ChatTemplate", "validate_messages", "validate_tools"]
