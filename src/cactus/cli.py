@@ -7,6 +7,8 @@ Errors print as one line on stderr (a traceback only with --debug); exit codes: 
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import sys
 from pathlib import Path
 
@@ -29,6 +31,69 @@ def cmd_download(args: argparse.Namespace) -> int:
                    progress=not args.quiet)
     print(f"model ready: {out}")
     return EXIT_OK
+
+
+def resolve_model(name: str | None, quant: str = "int4") -> Path:
+    """A model argument -> a converted model directory: none or 'demo' (the built-in demo model),
+    a model directory, or a HuggingFace repo id (downloaded and converted on first use)."""
+    if name in (None, "demo"):
+        from .demo import demo_path
+
+        return demo_path()
+    path = Path(name)
+    if path.is_dir():
+        return path
+    if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", name) and not path.exists():
+        from .hub import converted_quant, default_dir, download
+
+        out = default_dir(name)
+        if converted_quant(out):
+            return out
+        print(f"{name} is not converted yet: downloading it to {out} ...", file=sys.stderr)
+        return download(name, quant=quant, out=out)
+    raise FileNotFoundError(f"{name}: no such model directory (give a directory, a HuggingFace repo id, or 'demo')")
+
+
+def sampling_kwargs(args: argparse.Namespace) -> dict:
+    keys = ("temperature", "top_p", "top_k", "max_tokens", "seed", "repetition_penalty")
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .api import Model
+    from .repl import repl
+
+    path = resolve_model(args.model, args.quant)
+    tools = json.loads(Path(args.tools).read_text()) if args.tools else None
+    with Model(path, max_context=args.context) as model:
+        return repl(model, sys.stdin, sys.stdout, sys.stderr, tools=tools, system=args.system,
+                    options=sampling_kwargs(args))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .api import Model
+    from .server import serve
+
+    path = resolve_model(args.model, args.quant)
+    name = args.name or (args.model if args.model and not Path(args.model).is_dir() else path.name)
+
+    def ready(server):
+        host, port = server.server_address[:2]
+        print(f"cactus: serving {name} on http://{host}:{port}/v1 (OpenAI-compatible; Ctrl-C stops)",
+              file=sys.stderr, flush=True)
+
+    with Model(path, max_context=args.context) as model:
+        serve(model, name, args.host, args.port, verbose=args.verbose, ready=ready)
+    return EXIT_OK
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--temperature", type=float, default=None, help="0 = greedy (default: the model's)")
+    p.add_argument("--top-p", dest="top_p", type=float, default=None)
+    p.add_argument("--top-k", dest="top_k", type=int, default=None)
+    p.add_argument("--repetition-penalty", dest="repetition_penalty", type=float, default=None)
+    p.add_argument("--max-tokens", dest="max_tokens", type=int, default=None, help="most tokens per answer")
+    p.add_argument("--seed", type=int, default=None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +128,32 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--force", action="store_true", help="convert again even if the output exists")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_download)
+
+    model_help = ("a model directory, a HuggingFace repo id (downloaded and converted on first use), "
+                  "or 'demo' (default: the built-in demo model)")
+    r = sub.add_parser("run", help="chat with a model in the terminal",
+                       description="Interactive chat: answers stream as they are generated, tok/s after each. "
+                                   "Commands: /reset, /system TEXT, /tool TEXT, /help, /exit. End a line with "
+                                   "\\ to continue it, or wrap several lines in \"\"\"; Ctrl-C stops an answer. "
+                                   "Reads piped stdin too (one message per line).")
+    r.add_argument("model", nargs="?", default=None, help=model_help)
+    r.add_argument("--system", default=None, help="system prompt")
+    r.add_argument("--tools", default=None, metavar="FILE.json", help="OpenAI-style tool schemas (a JSON array)")
+    r.add_argument("--quant", default="int4", choices=["f16", "int8", "int4"], help="for a model downloaded now")
+    r.add_argument("--context", type=int, default=None, help="context window in tokens (default: the model's)")
+    add_sampling_arguments(r)
+    r.set_defaults(func=cmd_run)
+
+    v = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API",
+                       description="POST /v1/chat/completions (streaming and tools), GET /v1/models, GET /health.")
+    v.add_argument("model", nargs="?", default=None, help=model_help)
+    v.add_argument("--host", default="127.0.0.1")
+    v.add_argument("--port", type=int, default=8080)
+    v.add_argument("--name", default=None, help="model id reported to clients")
+    v.add_argument("--quant", default="int4", choices=["f16", "int8", "int4"], help="for a model downloaded now")
+    v.add_argument("--context", type=int, default=None, help="context window in tokens (default: the model's)")
+    v.add_argument("--verbose", action="store_true", help="log each request")
+    v.set_defaults(func=cmd_serve)
     return p
 
 

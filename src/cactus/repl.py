@@ -1,0 +1,151 @@
+"""The interactive chat behind `cactus run`: streamed answers, tok/s, slash commands, multi-line
+input, Ctrl-C to stop an answer. With piped stdin (no TTY) each line is a message, the answers go
+to stdout and the statistics to stderr, so it scripts cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TextIO
+
+from .api import Completion, Model
+
+HELP = """commands:
+  /reset         forget the conversation
+  /system TEXT   set the system prompt (empty TEXT removes it)
+  /tool TEXT     answer the last tool call with TEXT (a tool result) and let the model go on
+  /help          this help
+  /exit          leave (also /quit or Ctrl-D)
+multi-line input: end a line with \\ to continue it, or put lines between two lines of \"\"\"
+Ctrl-C stops the answer being written."""
+
+
+def read_message(stdin: TextIO, interactive: bool) -> str | None:
+    """One message from the user (None at end of input), joining continued and \"\"\" blocks."""
+
+    def line(prompt: str) -> str | None:
+        if interactive:
+            try:
+                return input(prompt)
+            except EOFError:
+                return None
+        raw = stdin.readline()
+        return None if raw == "" else raw.rstrip("\n")
+
+    first = line(">>> ")
+    if first is None:
+        return None
+    if first.strip() == '"""':
+        block = []
+        while (nxt := line("... ")) is not None and nxt.strip() != '"""':
+            block.append(nxt)
+        return "\n".join(block)
+    parts = [first]
+    while parts[-1].endswith("\\"):
+        parts[-1] = parts[-1][:-1]
+        nxt = line("... ")
+        if nxt is None:
+            break
+        parts.append(nxt)
+    return "\n".join(parts)
+
+
+def describe_call(call: dict) -> str:
+    return f"{call['name']}({json.dumps(call['arguments'], ensure_ascii=False)})"
+
+
+def repl(model: Model, stdin: TextIO, stdout: TextIO, stderr: TextIO, tools: list | None = None,
+         system: str | None = None, options: dict | None = None) -> int:
+    interactive = stdin.isatty()
+    options = options or {}
+    history: list[dict] = []
+    if interactive:
+        try:
+            import readline  # noqa: F401  (line editing and history for input())
+        except ImportError:
+            pass
+        quant = getattr(model.engine, "quant", "")
+        stderr.write(f"cactus chat · {model.path.name} ({quant}) · /help for commands, Ctrl-D to leave\n")
+
+    def conversation() -> list[dict]:
+        return ([{"role": "system", "content": system}] if system else []) + history
+
+    while True:
+        try:
+            text = read_message(stdin, interactive)
+        except KeyboardInterrupt:
+            stderr.write("\n")
+            break
+        if text is None:
+            break
+        if not text.strip():
+            continue
+        command, _, arg = text.strip().partition(" ")
+        if command in ("/exit", "/quit"):
+            break
+        if command == "/help":
+            stderr.write(HELP + "\n")
+            continue
+        if command == "/reset":
+            history.clear()
+            model.reset()
+            stderr.write("[conversation cleared]\n")
+            continue
+        if command == "/system":
+            system = arg.strip() or None
+            stderr.write("[system prompt set]\n" if system else "[system prompt removed]\n")
+            continue
+        if command == "/tool":
+            history.append({"role": "tool", "content": arg})
+        elif command.startswith("/") and " " not in command and command[1:].isalpha():
+            stderr.write(f"unknown command {command}; /help lists them\n")
+            continue
+        else:
+            history.append({"role": "user", "content": text})
+        answer = _answer(model, conversation(), tools, options, stdout, stderr)
+        if answer is None:  # the request itself was refused (e.g. too long): drop it
+            history.pop()
+        else:
+            history.append(answer)
+    return 0
+
+
+def _answer(model: Model, messages: list[dict], tools, options: dict, stdout: TextIO,
+            stderr: TextIO) -> dict | None:
+    """Stream one answer; returns the assistant message to keep in the conversation."""
+    shown: list[str] = []
+    events = model.stream(messages, tools, **options)
+    completion = None
+    try:
+        for event in events:
+            if isinstance(event, Completion):
+                completion = event
+                break
+            if event.text:
+                shown.append(event.text)
+                stdout.write(event.text)
+                stdout.flush()
+    except KeyboardInterrupt:
+        events.close()
+        stdout.write("\n")
+        stderr.write("[stopped]\n")
+        return {"role": "assistant", "content": "".join(shown)}
+    except ValueError as e:
+        stderr.write(f"error: {e}\n")
+        return None
+    if shown and not shown[-1].endswith("\n"):
+        stdout.write("\n")
+    message: dict = {"role": "assistant", "content": completion.response}
+    if completion.function_calls:
+        for call in completion.function_calls:
+            stdout.write(f"[tool call] {describe_call(call)}\n")
+        message["tool_calls"] = [{"type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+                                 for c in completion.function_calls]
+    stats = (f"[{completion.decode_tps:.1f} tok/s · {completion.decode_tokens} tokens · "
+             f"prefill {completion.prefill_tokens} tokens at {completion.prefill_tps:.0f} tok/s · "
+             f"first token {completion.time_to_first_token_ms:.0f} ms]")
+    if completion.cloud_handoff:
+        stats += f" [low confidence {completion.confidence:.2f}: cloud handoff suggested]"
+    stderr.write(stats + "\n")
+    stdout.flush()
+    return message
