@@ -23,7 +23,8 @@ from cactus.tokenizer import Tokenizer
 MESSAGES = [{"role": "user", "content": "Write a Python function to sort a list"}]
 TOOLS = [{"type": "function", "function": {
     "name": "run_code", "description": "Execute Python code and return the output",
-    "parameters": {"type": "object", "properties": {"code": {"type": "string", "description": "Python code to execute"}},
+    "parameters": {"type": "object",
+                   "properties": {"code": {"type": "string", "description": "Python code to execute"}},
                    "required": ["code"]}}}]
 
 
@@ -132,7 +133,8 @@ def test_issue_snippet_with_tools_and_handoff(seed_cwd):
     _, ns = run_snippet(SEED_TOOLS + ISSUE_SNIPPET)
     # a random tiny model is far from confident: the last call hands off
     assert ns["response"]["success"] and ns["response"]["cloud_handoff"]
-    assert json.loads(ns["cactus_complete"](ns["model"], ns["messages"]))["error"].startswith("this model handle")
+    after = json.loads(ns["cactus_complete"](ns["model"], ns["messages"]))
+    assert after["error"].startswith("this model handle")
 
 
 # ----------------------------------------------------------------------------- against transformers
@@ -207,7 +209,8 @@ def test_callback_pieces_concatenate_to_response(handle):
 
 
 def test_messages_as_json_string(handle):
-    assert complete(handle, json.dumps(MESSAGES), max_tokens=6)["response"] == complete(handle, max_tokens=6)["response"]
+    as_string = complete(handle, json.dumps(MESSAGES), max_tokens=6)["response"]
+    assert as_string == complete(handle, max_tokens=6)["response"]
 
 
 def test_options_as_dict_json_and_kwargs_agree(handle):
@@ -283,7 +286,19 @@ def test_diverging_conversation_falls_back_correctly(dense):
     h, fresh_handle = cactus_init(dense[0]), cactus_init(dense[0])
     complete(h, max_tokens=8)
     other = [{"role": "user", "content": "What is the weather in Paris?"}]
-    assert complete(h, other, max_tokens=12)["response"] == complete(fresh_handle, other, max_tokens=12)["response"]
+    reused = complete(h, other, max_tokens=12)
+    assert reused["response"] == complete(fresh_handle, other, max_tokens=12)["response"]
+
+
+def test_generation_config_sampling_defaults(dense, tmp_path):
+    d = shutil.copytree(dense[0], tmp_path / "w")
+    config = json.loads((d / "generation_config.json").read_text())
+    config.update(do_sample=True, temperature=1.5, top_k=0)
+    (d / "generation_config.json").write_text(json.dumps(config))
+    with Model(d) as sampled, Model(dense[0]) as greedy:
+        default = greedy.complete(MESSAGES, max_tokens=12).token_ids
+        assert sampled.complete(MESSAGES, max_tokens=12, seed=0).token_ids != default
+        assert sampled.complete(MESSAGES, max_tokens=12, temperature=0).token_ids == default
 
 
 # ----------------------------------------------------------------------------- scripted engine: exact answers
@@ -313,7 +328,8 @@ def test_multibyte_stream_pieces_intact(scripted):
 
 def test_handoff_measured_stop(scripted):
     # p = 0.25 per token, window 16, threshold 0.7: settled low at the first n with 0.75 n > 4.8 -> 7 tokens
-    r = json.loads(cactus_complete(scripted("word " * 100, confidence=0.25), MESSAGES, confidence_threshold=0.7))
+    m = scripted("word " * 100, confidence=0.25)
+    r = json.loads(cactus_complete(m, MESSAGES, confidence_threshold=0.7))
     assert (r["cloud_handoff"], r["decode_tokens"]) == (True, 7)
 
 

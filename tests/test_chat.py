@@ -16,6 +16,7 @@ RUN_CODE = {"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"code": {"type": "string", "description": "Python code"}},
                    "required": ["code"]}}}
 
+USER = [{"role": "user", "content": "x"}]
 CONVERSATIONS = [
     ("user only", [{"role": "user", "content": "Hello"}], None),
     ("system", [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}], None),
@@ -25,7 +26,8 @@ CONVERSATIONS = [
     ("system and two tools", [{"role": "system", "content": "S"}, {"role": "user", "content": "x"}],
      [WEATHER, RUN_CODE]),
     ("tool result", [{"role": "user", "content": "Weather?"},
-                     {"role": "assistant", "content": "<|tool_call_start|>[get_weather(city='Paris')]<|tool_call_end|>"},
+                     {"role": "assistant",
+                      "content": "<|tool_call_start|>[get_weather(city='Paris')]<|tool_call_end|>"},
                      {"role": "tool", "content": "{\"temp\": 21}"}], [WEATHER]),
     ("unicode", [{"role": "user", "content": "日本語 🎉 \"quoted\" <b>"}], None),
 ]
@@ -50,7 +52,8 @@ def template(model_dir):
 
 @pytest.mark.parametrize("messages, tools", [c[1:] for c in CONVERSATIONS], ids=[c[0] for c in CONVERSATIONS])
 def test_render_matches_transformers(template, hf_tokenizer, messages, tools):
-    expected = hf_tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
+    expected = hf_tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True,
+                                                tokenize=False)
     assert template.render(messages, tools=tools) == expected
 
 
@@ -74,7 +77,8 @@ def test_no_generation_prompt(template):
 
 def test_tools_rendered_as_json_list(template):
     text = template.render([{"role": "user", "content": "x"}], tools=[WEATHER])
-    expected = "List of tools: <|tool_list_start|>[" + json.dumps(WEATHER, ensure_ascii=False) + "]<|tool_list_end|>"
+    schema = json.dumps(WEATHER, ensure_ascii=False)
+    expected = f"List of tools: <|tool_list_start|>[{schema}]<|tool_list_end|>"
     assert expected in text
 
 
@@ -85,20 +89,25 @@ def test_assistant_tool_calls_rendered_as_model_writes_them(template):
                      "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
                 {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]
     text = template.render(messages, tools=[WEATHER])
-    assert ("<|im_start|>assistant\n<|tool_call_start|>[get_weather(city='Paris')]<|tool_call_end|><|im_end|>\n"
+    assert ("<|im_start|>assistant\n"
+            "<|tool_call_start|>[get_weather(city='Paris')]<|tool_call_end|><|im_end|>\n"
             "<|im_start|>tool\n<|tool_response_start|>sunny<|tool_response_end|><|im_end|>\n") in text
 
 
 def test_tool_calls_precede_content(template):
     messages = [{"role": "user", "content": "x"},
-                {"role": "assistant", "content": "Checking.", "tool_calls": [{"name": "f", "arguments": {"a": 1}}]}]
+                {"role": "assistant", "content": "Checking.",
+                 "tool_calls": [{"name": "f", "arguments": {"a": 1}}]}]
     text = template.render(messages, add_generation_prompt=False)
-    assert text.endswith("<|im_start|>assistant\n<|tool_call_start|>[f(a=1)]<|tool_call_end|>Checking.<|im_end|>\n")
+    assert text.endswith("<|im_start|>assistant\n"
+                         "<|tool_call_start|>[f(a=1)]<|tool_call_end|>Checking.<|im_end|>\n")
 
 
 def test_template_that_renders_tool_calls_gets_them():
-    source = "{% for m in messages %}{% for c in m.tool_calls or [] %}<{{ c.function.name }}>{% endfor %}{% endfor %}"
-    messages = [{"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": {}}}]}]
+    source = ("{% for m in messages %}{% for c in m.tool_calls or [] %}"
+              "<{{ c.function.name }}>{% endfor %}{% endfor %}")
+    call = {"type": "function", "function": {"name": "f", "arguments": {}}}
+    messages = [{"role": "assistant", "tool_calls": [call]}]
     assert ChatTemplate(source).render(messages) == "<f>"
 
 
@@ -128,7 +137,7 @@ def test_raise_exception_becomes_value_error():
 
 def test_sandbox_blocks_attribute_escape():
     with pytest.raises(ValueError):
-        ChatTemplate("{{ messages.__class__.__mro__[1].__subclasses__() }}").render([{"role": "user", "content": "x"}])
+        ChatTemplate("{{ messages.__class__.__mro__[1].__subclasses__() }}").render(USER)
 
 
 def test_sandbox_is_immutable():
@@ -141,21 +150,24 @@ def test_strftime_now_available():
 
 
 def test_tojson_keeps_unicode_and_html():
-    assert ChatTemplate("{{ messages[0].content | tojson }}").render([{"role": "user", "content": "é<b>"}]) == '"é<b>"'
+    text = ChatTemplate("{{ messages[0].content | tojson }}").render([{"role": "user", "content": "é<b>"}])
+    assert text == '"é<b>"'
 
 
 def test_trim_and_lstrip_blocks():
     source = "{% for m in messages %}\n    {% if true %}\n{{ m.content }}\n    {% endif %}\n{% endfor %}"
-    assert ChatTemplate(source).render([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]) == "a\nb\n"
+    messages = [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]
+    assert ChatTemplate(source).render(messages) == "a\nb\n"
 
 
 def test_generation_tag_renders_body():
-    assert ChatTemplate("{% generation %}x{% endgeneration %}").render([{"role": "user", "content": "y"}]) == "x"
+    assert ChatTemplate("{% generation %}x{% endgeneration %}").render(USER) == "x"
 
 
 def test_content_parts_are_joined(template):
     parts = [{"type": "text", "text": "Hel"}, {"type": "text", "text": "lo"}]
-    assert template.render([{"role": "user", "content": parts}]) == template.render([{"role": "user", "content": "Hello"}])
+    joined = template.render([{"role": "user", "content": "Hello"}])
+    assert template.render([{"role": "user", "content": parts}]) == joined
 
 
 def test_messages_as_json_string(template):
@@ -181,8 +193,10 @@ BAD_MESSAGES = [
     ("bad content part", [{"role": "user", "content": [{"type": "image"}]}], r"messages\[0\]\.content\[0\]"),
     ("tool_calls on user", [{"role": "user", "content": "x", "tool_calls": []}], "only assistant"),
     ("tool_calls not list", [{"role": "assistant", "tool_calls": {}}], "must be a list"),
-    ("tool call without name", [{"role": "assistant", "tool_calls": [{"arguments": {}}]}], r"tool_calls\[0\]"),
-    ("second message bad", [{"role": "user", "content": "x"}, {"role": "x", "content": "y"}], r"messages\[1\]"),
+    ("tool call without name", [{"role": "assistant", "tool_calls": [{"arguments": {}}]}],
+     r"tool_calls\[0\]"),
+    ("second message bad", [{"role": "user", "content": "x"}, {"role": "x", "content": "y"}],
+     r"messages\[1\]"),
 ]
 
 
@@ -207,7 +221,8 @@ BAD_TOOLS = [
     ("description not string", _fn(name="f", description=1), "description"),
     ("parameters not object", _fn(name="f", parameters=[]), "parameters must be"),
     ("parameters type", _fn(name="f", parameters={"type": "string"}), r"parameters\.type"),
-    ("properties not object", _fn(name="f", parameters={"type": "object", "properties": []}), "properties must"),
+    ("properties not object", _fn(name="f", parameters={"type": "object", "properties": []}),
+     "properties must"),
     ("property not schema", _fn(name="f", parameters={"properties": {"a": 1}}), r"properties\.a"),
     ("required not list", _fn(name="f", parameters={"properties": {}, "required": "a"}), "required must"),
     ("required unknown", _fn(name="f", parameters={"properties": {"a": {}}, "required": ["b"]}),
@@ -222,5 +237,6 @@ def test_validate_tools_rejects(tools, error):
 
 
 def test_validate_tools_accepts_bare_function_form():
-    assert validate_tools([{"name": "f", "parameters": {"type": "object", "properties": {}}}])[0]["name"] == "f"
+    tools = validate_tools([{"name": "f", "parameters": {"type": "object", "properties": {}}}])
+    assert tools[0]["name"] == "f"
 

@@ -19,20 +19,23 @@ GATE_CASES = [
     ("false alarm released", ["Hi E", "N", "x"], ("END",), ["Hi ", "", "ENx", ""], []),
     ("partial stop released at close", ["Hi EN"], ("END",), ["Hi ", "EN"], []),
     ("earliest of two stops", ["a##b\n\nc"], ("\n\n", "##"), ["a", ""], []),
-    ("tool call removed", [f"Sure.{S}[f(a=1)]{E} ok"], (), ["Sure. ok", ""], [{"name": "f", "arguments": {"a": 1}}]),
+    ("tool call removed", [f"Sure.{S}[f(a=1)]{E} ok"], (), ["Sure. ok", ""],
+     [{"name": "f", "arguments": {"a": 1}}]),
     ("tool marker split", ["x<|tool_", "call_start|>[g()]", f"{E}"], (), ["x", "", "", ""],
      [{"name": "g", "arguments": {}}]),
     ("malformed call becomes text", [f"{S}[f(1)]{E}!"], (), [f"{S}[f(1)]{E}!", ""], []),
     ("stop string inside call arguments ignored", [f"{S}[f(s='END')]{E}END"], ("END",), ["", ""],
      [{"name": "f", "arguments": {"s": "END"}}]),
-    ("unterminated complete call at close", [f"a{S}[f(b=2)]"], (), ["a", ""], [{"name": "f", "arguments": {"b": 2}}]),
+    ("unterminated complete call at close", [f"a{S}[f(b=2)]"], (), ["a", ""],
+     [{"name": "f", "arguments": {"b": 2}}]),
     ("unterminated cut call at close", [f"a{S}[f(b="], (), ["a", f"{S}[f(b="], []),
     ("angle bracket that is not a marker", ["a <b> c"], (), ["a <b> c", ""], []),
     ("held '<' released when next char differs", ["a<", "x"], (), ["a", "<x", ""], []),
 ]
 
 
-@pytest.mark.parametrize("chunks, stop, released, calls", [c[1:] for c in GATE_CASES], ids=[c[0] for c in GATE_CASES])
+@pytest.mark.parametrize("chunks, stop, released, calls", [c[1:] for c in GATE_CASES],
+                         ids=[c[0] for c in GATE_CASES])
 def test_text_gate(chunks, stop, released, calls):
     gate = TextGate(stop)
     assert [gate.feed(c) for c in chunks] + [gate.close()] == released and gate.calls == calls

@@ -57,7 +57,8 @@ def test_stream_of_special_tokens(tok):
     ids = tok.encode("<|tool_call_start|>[f(a='日')]<|tool_call_end|>")
     stream = tok.stream()
     pieces = [stream.push(i) for i in ids]
-    assert pieces[0] == "<|tool_call_start|>" and "".join(pieces) == "<|tool_call_start|>[f(a='日')]<|tool_call_end|>"
+    assert pieces[0] == "<|tool_call_start|>"
+    assert "".join(pieces) == "<|tool_call_start|>[f(a='日')]<|tool_call_end|>"
 
 
 @pytest.mark.parametrize("token", SPECIAL_TOKENS)
@@ -70,7 +71,8 @@ def test_no_bos_added_by_default(tok):
 
 
 def test_special_tokens_from_config(tok):
-    assert (tok.bos_token, tok.bos_token_id, tok.eos_token, tok.eos_token_id) == ("<|startoftext|>", 1, "<|im_end|>", 7)
+    got = (tok.bos_token, tok.bos_token_id, tok.eos_token, tok.eos_token_id)
+    assert got == ("<|startoftext|>", 1, "<|im_end|>", 7)
 
 
 def test_special_token_map(tok):

@@ -11,7 +11,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "load": "cactus.engine",
-    "Model": "cactus.engine",
+    "Model": "cactus.api",
+    "Completion": "cactus.api",
     "convert": "cactus.convert",
     "cactus_init": "cactus.api",
     "cactus_complete": "cactus.api",

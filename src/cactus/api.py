@@ -89,7 +89,8 @@ class Model:
         """Messages (+ tools) rendered through the model's template and tokenized."""
         return self.tokenizer.encode(self.template.render(messages, tools=tools, add_generation_prompt=True))
 
-    def stream(self, messages: Any, tools: Any = None, options: Any = None, **kwargs) -> Iterator[Token | Completion]:
+    def stream(self, messages: Any, tools: Any = None, options: Any = None,
+               **kwargs) -> Iterator[Token | Completion]:
         """Yield a `Token` per sampled id (its `.text`: the response piece it releases), then the
         `Completion`. Options: keyword arguments and/or `options` (dict or JSON string)."""
         self._check_open()
@@ -107,8 +108,8 @@ class Model:
             yield event
         yield _completion("".join(pieces), ids, finish, time.perf_counter() - start, setup_s)
 
-    def complete(self, messages: Any, tools: Any = None, callback: Callable | None = None, user_data: Any = None,
-                 options: Any = None, **kwargs) -> Completion:
+    def complete(self, messages: Any, tools: Any = None, callback: Callable | None = None,
+                 user_data: Any = None, options: Any = None, **kwargs) -> Completion:
         """The whole answer. `callback(token: bytes, token_id: int, user_data)` gets each piece of
         response text as it is released (whole UTF-8 characters; together, the response)."""
         for event in self.stream(messages, tools, options, **kwargs):
@@ -147,7 +148,8 @@ def _completion(text: str, ids: list[int], finish: Finish, total_s: float, setup
     decode_steps = finish.decode_tokens - 1  # the first token comes out of the prefill
     return Completion(
         response=text, function_calls=finish.function_calls, cloud_handoff=finish.cloud_handoff,
-        confidence=round(finish.confidence, 6), time_to_first_token_ms=ttft_s * 1e3, total_time_ms=total_s * 1e3,
+        confidence=round(finish.confidence, 6),
+        time_to_first_token_ms=ttft_s * 1e3, total_time_ms=total_s * 1e3,
         prefill_tps=finish.prefill_tokens / finish.prefill_s if finish.prefill_s > 0 else 0.0,
         decode_tps=decode_steps / finish.decode_s if decode_steps > 0 and finish.decode_s > 0 else 0.0,
         prefill_tokens=finish.prefill_tokens, decode_tokens=finish.decode_tokens,
@@ -223,7 +225,8 @@ class _TimeValue(ctypes.Structure):
 class _MachTaskBasicInfo(ctypes.Structure):  # <mach/task_info.h>, packed to 4 bytes
     _pack_ = 4
     _fields_ = [("virtual_size", ctypes.c_uint64), ("resident_size", ctypes.c_uint64),
-                ("resident_size_max", ctypes.c_uint64), ("user_time", _TimeValue), ("system_time", _TimeValue),
+                ("resident_size_max", ctypes.c_uint64),
+                ("user_time", _TimeValue), ("system_time", _TimeValue),
                 ("policy", ctypes.c_int), ("suspend_count", ctypes.c_int)]
 
 

@@ -12,7 +12,7 @@ import json
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import jinja2
 import jinja2.ext
@@ -57,7 +57,8 @@ class ChatTemplate:
             return self.templates["default"]
         if len(self.templates) == 1:
             return next(iter(self.templates.values()))
-        raise ValueError(f"the model has several chat templates {sorted(self.templates)} and none is 'default'")
+        raise ValueError(f"the model has several chat templates {sorted(self.templates)} "
+                         "and none is 'default'")
 
     def render(self, messages: Any, tools: Any = None, add_generation_prompt: bool = True, **extra) -> str:
         """Messages (+ tools) -> the prompt text, exactly as the model was trained to read it."""
@@ -214,7 +215,7 @@ def _plain(value: Any, where: str) -> Any:
 class _GenerationTag(jinja2.ext.Extension):
     """`{% generation %}...{% endgeneration %}` (transformers' assistant-mask marker): render the body."""
 
-    tags = {"generation"}
+    tags: ClassVar[set[str]] = {"generation"}
 
     def parse(self, parser):
         lineno = next(parser.stream).lineno

@@ -226,7 +226,8 @@ def generate(session: Session, tokenizer: Tokenizer, prompt_ids: Iterable[int], 
         if reason is not None:
             break
         logits = session.step(token)
-    yield Finish(reason=reason, function_calls=gate.calls, confidence=meter.value, cloud_handoff=meter.handoff,
+    yield Finish(reason=reason, function_calls=gate.calls,
+                 confidence=meter.value, cloud_handoff=meter.handoff,
                  prefill_tokens=n_prefill, decode_tokens=n, prefill_s=prefill_s, first_token_s=first_token_s,
                  decode_s=clock.now() - first_token_s)
 
