@@ -237,3 +237,28 @@ def test_serve_subprocess_starts_and_answers(model_dir):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_run_ctrl_c_stops_the_answer_not_the_program(model_dir):
+    """Ctrl-C (KeyboardInterrupt) in the middle of an answer ends that answer; the chat goes on."""
+    import io
+
+    from cactus.repl import repl
+
+    class Interrupted(ScriptedModel):  # the user presses Ctrl-C at the 5th generated token, once
+        pressed = False
+
+        def forward(self, ids, last_only=False):
+            if len(ids) == 1 and self.step == 4 and not Interrupted.pressed:
+                Interrupted.pressed = True
+                raise KeyboardInterrupt
+            return super().forward(ids, last_only)
+
+    tok = Tokenizer(model_dir)
+    model = Model(model_dir, engine=Interrupted(model_dir, tok.encode(" one two three four five six seven")))
+    out, err = io.StringIO(), io.StringIO()
+    assert repl(model, io.StringIO("first\nsecond\n"), out, err) == 0
+    first, second = out.getvalue().splitlines()
+    assert "[stopped]" in err.getvalue()
+    assert second == " one two three four five six seven"
+    assert first and second.startswith(first) and first != second  # the stopped answer, as far as it got
