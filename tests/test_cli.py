@@ -58,7 +58,8 @@ def test_run_answers_match_the_api(model_dir):
 
 
 def test_run_commands_and_multiline(model_dir):
-    script = '/help\n/system Be brief.\n"""\nline one\nline two\n"""\n/reset\ncontinued \\\nline\n/bogus\n/exit\nnever read\n'
+    script = ('/help\n/system Be brief.\n"""\nline one\nline two\n"""\n/reset\n'
+              'continued \\\nline\n/bogus\n/exit\nnever read\n')
     r = cactus("run", str(model_dir), "--max-tokens", "3", stdin=script)
     assert r.returncode == 0, r.stderr
     assert "/reset" in r.stderr and "[system prompt set]" in r.stderr and "[conversation cleared]" in r.stderr

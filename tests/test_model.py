@@ -8,10 +8,10 @@ import copy
 
 import numpy as np
 import pytest
+from helpers import hf_logits, load_dequantized_into, make_hf_model
 
 from cactus.convert import convert
 from cactus.engine import load
-from helpers import hf_logits, load_dequantized_into, make_hf_model
 
 # Each case is a config the reference honours that changes the computation.
 CASES = {

@@ -8,13 +8,13 @@ import shutil
 
 import numpy as np
 import pytest
+from helpers import hf_logits, make_hf_model
 
 from cactus.config import ConfigError, ModelConfig
 from cactus.convert import convert
 from cactus.engine import load
 from cactus.quant import QTensor, quantize, unpack_int4
 from cactus.weights import ALIGN, SafetensorsFile, WeightError
-from helpers import hf_logits, make_hf_model
 
 
 @pytest.fixture(scope="module")

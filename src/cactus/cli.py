@@ -172,9 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         from .config import ConfigError
-        from .weights import WeightError
-
         from .hub import DownloadError
+        from .weights import WeightError
 
         usage = isinstance(e, (ConfigError, WeightError, ValueError, FileNotFoundError, FileExistsError))
         if isinstance(e, DownloadError):

@@ -65,7 +65,7 @@ class ModelConfig:
         return tuple(i for i in range(self.num_hidden_layers) if self.is_attention(i))
 
     @classmethod
-    def from_dict(cls, d: dict, source: str = "config.json") -> "ModelConfig":
+    def from_dict(cls, d: dict, source: str = "config.json") -> ModelConfig:
         def need(key: str, *aliases: str):
             for k in (key, *aliases):
                 if k in d and d[k] is not None:
@@ -150,7 +150,7 @@ class ModelConfig:
         )
 
     @classmethod
-    def load(cls, path: str | Path) -> "ModelConfig":
+    def load(cls, path: str | Path) -> ModelConfig:
         path = Path(path)
         if path.is_dir():
             path = path / "config.json"

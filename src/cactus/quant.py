@@ -95,11 +95,11 @@ class QTensor:
     group_size: int = 0
 
     @classmethod
-    def from_float(cls, w: np.ndarray, fmt: str, group: int = DEFAULT_GROUP) -> "QTensor":
+    def from_float(cls, w: np.ndarray, fmt: str, group: int = DEFAULT_GROUP) -> QTensor:
         data, scales = quantize(w, fmt, group)
         return cls(fmt, tuple(w.shape), data, scales, group if fmt in QUANTIZED else 0)
 
-    def __getitem__(self, i) -> "QTensor":
+    def __getitem__(self, i) -> QTensor:
         """Slice the leading (expert) axis: a view, never a copy."""
         data = self.data[i]
         return QTensor(self.fmt, tuple(data.shape[:-1]) + self.shape[-1:], data,
