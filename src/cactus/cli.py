@@ -87,6 +87,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_build(args: argparse.Namespace) -> int:
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "setup.py").is_file():
+        raise FileNotFoundError(f"cactus build rebuilds the kernels of a source checkout (no setup.py above "
+                                f"{Path(__file__).parent}); reinstall with pip to rebuild this installation")
+    print(f"building the native kernels in {root} ...", file=sys.stderr)
+    r = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace", "--force"], cwd=root,
+                       stdout=None if args.verbose else subprocess.DEVNULL)
+    if r.returncode:
+        print("cactus build: error: the compiler failed (run with --verbose to see its output)", file=sys.stderr)
+        return EXIT_FAIL
+    # a fresh interpreter loads the new extension
+    code = "from cactus import _kernels as k; print(k.isa(), ' '.join(k.supported()), k.threads())"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if r.returncode:
+        print(f"cactus build: error: the built kernels do not load: {r.stderr.strip().splitlines()[-1]}",
+              file=sys.stderr)
+        return EXIT_FAIL
+    isa, *supported = r.stdout.split()
+    threads = supported.pop()
+    print(f"kernels built: this machine runs {isa} (supported here: {', '.join(supported)}; {threads} threads)")
+    return EXIT_OK
+
+
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=None, help="0 = greedy (default: the model's)")
     p.add_argument("--top-p", dest="top_p", type=float, default=None)
@@ -154,12 +180,35 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--context", type=int, default=None, help="context window in tokens (default: the model's)")
     v.add_argument("--verbose", action="store_true", help="log each request")
     v.set_defaults(func=cmd_serve)
+
+    b = sub.add_parser("build", help="rebuild the native kernels in place and show which ISA this CPU uses",
+                       description="Recompile cactus's C kernels in the source checkout (what `pip install -e .` "
+                                   "does), then print the kernel level this machine will use. `--python` is "
+                                   "accepted for compatibility with the seed's `cactus build --python`.")
+    b.add_argument("--python", action="store_true", help=argparse.SUPPRESS)
+    b.add_argument("--verbose", action="store_true", help="show the compiler's output")
+    b.set_defaults(func=cmd_build)
+
+    # `cactus bench ...` is handed whole to bench.main (its own parser and --help); listed here for help.
+    sub.add_parser("bench", help="measure prefill/decode speed, memory and weight bandwidth "
+                                 "(cactus bench --help)", add_help=False)
     return p
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(args.rest)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    if argv[:1] == ["bench"] or argv[:2] == ["--debug", "bench"]:
+        i = argv.index("bench")
+        args = argparse.Namespace(command="bench", debug=i == 1, func=cmd_bench, rest=argv[i + 1:])
+    else:
+        args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
