@@ -146,6 +146,6 @@ def _answer(model: Model, messages: list[dict], tools, options: dict, stdout: Te
              f"first token {completion.time_to_first_token_ms:.0f} ms]")
     if completion.cloud_handoff:
         stats += f" [low confidence {completion.confidence:.2f}: cloud handoff suggested]"
+    stdout.flush()  # the answer is on screen before the statistics line
     stderr.write(stats + "\n")
-    stdout.flush()
     return message

@@ -1,0 +1,173 @@
+"""Evaluate the demo model with transformers in f32: held-out perplexity and tool-call parse rate.
+
+Perplexity: the held-out stdlib files (tools/demo_data.is_heldout_file), each as
+<|startoftext|> + text + <|endoftext|>, concatenated and cut into non-overlapping 512-token windows.
+Tool calls: greedy generation on the held-out tool requests (rendered with the chat template,
+add_generation_prompt=True); a reply counts as parsable when it holds a
+<|tool_call_start|>[...]<|tool_call_end|> block whose inside parses with `ast` as a list of calls
+with keyword literal arguments. `--plot` draws the training loss curve from <dir>/train_log.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import demo_data  # noqa: E402
+
+CALL_START, CALL_END = "<|tool_call_start|>", "<|tool_call_end|>"
+
+
+def parse_tool_calls(text: str) -> list[tuple[str, dict]] | None:
+    """The calls in the first tool-call block of text, or None when absent or malformed."""
+    start = text.find(CALL_START)
+    end = text.find(CALL_END, start + len(CALL_START))
+    if start < 0 or end < 0:
+        return None
+    try:
+        tree = ast.parse(text[start + len(CALL_START): end].strip(), mode="eval").body
+    except SyntaxError:
+        return None
+    if not isinstance(tree, ast.List) or not tree.elts:
+        return None
+    calls = []
+    for node in tree.elts:
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)) or node.args:
+            return None
+        args = {}
+        for kw in node.keywords:
+            if kw.arg is None:
+                return None
+            try:
+                args[kw.arg] = ast.literal_eval(kw.value)
+            except ValueError:
+                return None
+        calls.append((node.func.id, args))
+    return calls
+
+
+@torch.no_grad()
+def heldout_perplexity(model, tok, seq_len: int = 512) -> tuple[float, int]:
+    texts = [t for r, t in demo_data.stdlib_files() if demo_data.is_heldout_file(r)]
+    ids = [i for e in tok.encode_batch([demo_data.BOS + t + demo_data.EOT for t in texts])
+           for i in e.ids]
+    nll, count = 0.0, 0
+    for s in range(0, len(ids) - 1, seq_len):
+        x = torch.tensor([ids[s: s + seq_len + 1]])  # (1, <= seq_len + 1)
+        if x.shape[1] < 2:
+            break
+        logits = model(input_ids=x[:, :-1]).logits.float()
+        nll += torch.nn.functional.cross_entropy(logits[0], x[0, 1:], reduction="sum").item()
+        count += x.shape[1] - 1
+    return math.exp(nll / count), count
+
+
+@torch.no_grad()
+def greedy(model, tok, prompt: str, max_new_tokens: int) -> str:
+    x = torch.tensor([tok.encode(prompt).ids])
+    out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), do_sample=False,
+                         max_new_tokens=max_new_tokens, eos_token_id=7, pad_token_id=0)
+    return tok.decode(out[0, x.shape[1]:].tolist(), skip_special_tokens=False)
+
+
+def plot_loss(log_csv: Path, png: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = [line.split(",") for line in log_csv.read_text().splitlines()[1:]]
+    step = [int(r[0]) for r in rows]
+    loss = [float(r[2]) for r in rows]
+    lr = [float(r[3]) for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(step, loss, color="tab:blue", label="train loss (mean per log interval)")
+    ax.set_xlabel("step (4096 tokens each)")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3, which="both")
+    ax2 = ax.twinx()
+    ax2.plot(step, lr, color="tab:orange", alpha=0.6, label="learning rate")
+    ax2.set_ylabel("learning rate")
+    ax.legend(ax.get_lines() + ax2.get_lines(), [ln.get_label() for ln in
+                                                   ax.get_lines() + ax2.get_lines()], loc="upper center")
+    meta = json.loads((log_csv.parent / "train_meta.json").read_text())
+    ax.set_title(f"cactus demo LFM2-MoE ({meta['params'] / 1e6:.1f}M params, "
+                 f"{meta['tokens'] / 1e6:.1f}M tokens, {meta['train_seconds'] / 60:.0f} min): "
+                 "training loss", fontsize=10)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("dir", type=Path)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--n-tool", type=int, default=demo_data.N_HELDOUT_TOOL)
+    ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("--plot", type=Path, help="write the loss curve PNG here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    if args.plot:
+        plot_loss(args.dir / "train_log.csv", args.plot)
+        print(f"loss curve -> {args.plot}")
+
+    from tokenizers import Tokenizer
+    from transformers import AutoModelForCausalLM
+    tok = Tokenizer.from_file(str(args.dir / "tokenizer.json"))
+    model = AutoModelForCausalLM.from_pretrained(args.dir, dtype=torch.float32).eval()
+    template = demo_data.load_template(args.dir / "chat_template.jinja")
+    results: dict = {"params": sum(p.numel() for p in model.parameters())}
+
+    t = time.time()
+    ppl, n = heldout_perplexity(model, tok)
+    results.update(heldout_ppl=round(ppl, 3), heldout_tokens=n)
+    print(f"held-out stdlib perplexity (transformers f32): {ppl:.3f} over {n} tokens "
+          f"({time.time() - t:.0f} s)", flush=True)
+
+    t = time.time()
+    requests = demo_data.heldout_tool_requests(demo_data.N_HELDOUT_TOOL,
+                                               demo_data.HELDOUT_TOOL_SEED)[: args.n_tool]
+    parsed = right_name = exact = 0
+    failures = []
+    for messages, tools, expected in requests:
+        reply = greedy(model, tok, demo_data.render(template, messages, tools, True),
+                       args.max_new_tokens)
+        calls = parse_tool_calls(reply)
+        parsed += calls is not None
+        right_name += calls is not None and [c[0] for c in calls] == [c[0] for c in expected]
+        exact += calls == [tuple(c) for c in expected]
+        if calls is None and len(failures) < 3:
+            failures.append({"request": messages[-1]["content"], "reply": reply})
+    n = len(requests)
+    results.update(tool_requests=n, tool_parse_rate=parsed / n, tool_name_rate=right_name / n,
+                   tool_exact_rate=exact / n, tool_failures=failures)
+    print(f"tool calls: parsable {parsed}/{n} = {parsed / n:.1%}; right tool {right_name}/{n}; "
+          f"exact name+arguments {exact}/{n} ({time.time() - t:.0f} s)", flush=True)
+
+    samples = {}
+    code_prompt = [{"role": "user", "content": "Write a Python function to sort a list"}]
+    samples["code"] = {"prompt": code_prompt,
+                       "reply": greedy(model, tok, demo_data.render(template, code_prompt, None, True),
+                                       200)}
+    messages, tools, _ = requests[0]
+    samples["tool"] = {"prompt": messages, "tools": [t["function"]["name"] for t in tools],
+                       "reply": greedy(model, tok, demo_data.render(template, messages, tools, True),
+                                       args.max_new_tokens)}
+    results["samples"] = samples
+    for k, v in samples.items():
+        print(f"--- sample ({k}): {v['prompt'][-1]['content']!r}\n{v['reply']}")
+    (args.dir / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"results -> {args.dir / 'eval.json'}")
+
+
+if __name__ == "__main__":
+    main()
