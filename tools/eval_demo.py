@@ -78,6 +78,51 @@ def greedy(model, tok, prompt: str, max_new_tokens: int) -> str:
     return tok.decode(out[0, x.shape[1]:].tolist(), skip_special_tokens=False)
 
 
+def cactus_eval(hf_dir: Path, quants: list[str], n_tool: int, max_new_tokens: int) -> dict:
+    """The same held-out perplexity windows and tool requests, through cactus after `cactus convert`
+    at each weight format (the C kernels, int8 activations for the int formats)."""
+    import tempfile
+
+    import numpy as np
+    from tokenizers import Tokenizer
+
+    from cactus import Model
+    from cactus.convert import convert
+    from cactus.engine import load
+
+    tok = Tokenizer.from_file(str(hf_dir / "tokenizer.json"))
+    texts = [t for r, t in demo_data.stdlib_files() if demo_data.is_heldout_file(r)]
+    ids = [i for e in tok.encode_batch([demo_data.BOS + t + demo_data.EOT for t in texts]) for i in e.ids]
+    requests = demo_data.heldout_tool_requests(demo_data.N_HELDOUT_TOOL, demo_data.HELDOUT_TOOL_SEED)[:n_tool]
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for quant in quants:
+            t = time.time()
+            path = convert(hf_dir, Path(tmp) / quant, quant=quant)
+            engine = load(path)
+            nll, count = 0.0, 0
+            for s in range(0, len(ids) - 1, 512):
+                window = ids[s: s + 513]
+                if len(window) < 2:
+                    break
+                engine.reset()
+                z = engine.forward(window[:-1]).astype(np.float64)
+                z -= z.max(-1, keepdims=True)
+                logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+                nll -= logp[np.arange(len(window) - 1), window[1:]].sum()
+                count += len(window) - 1
+            parsed = 0
+            with Model(path) as chat:
+                for messages, tools, _expected in requests:
+                    chat.reset()
+                    parsed += bool(chat.complete(messages, tools=tools, max_tokens=max_new_tokens).function_calls)
+            out[quant] = {"heldout_ppl": round(math.exp(nll / count), 3), "heldout_tokens": count,
+                          "tool_parse_rate": parsed / len(requests),
+                          "file_mb": round((path / "model.safetensors").stat().st_size / 1e6, 1)}
+            print(f"cactus {quant}: {out[quant]} ({time.time() - t:.0f} s)", flush=True)
+    return out
+
+
 def plot_loss(log_csv: Path, png: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -95,8 +140,8 @@ def plot_loss(log_csv: Path, png: Path) -> None:
     ax2 = ax.twinx()
     ax2.plot(step, lr, color="tab:orange", alpha=0.6, label="learning rate")
     ax2.set_ylabel("learning rate")
-    ax.legend(ax.get_lines() + ax2.get_lines(), [ln.get_label() for ln in
-                                                   ax.get_lines() + ax2.get_lines()], loc="upper center")
+    lines = ax.get_lines() + ax2.get_lines()
+    ax.legend(lines, [ln.get_label() for ln in lines], loc="center right")
     meta = json.loads((log_csv.parent / "train_meta.json").read_text())
     ax.set_title(f"cactus demo LFM2-MoE ({meta['params'] / 1e6:.1f}M params, "
                  f"{meta['tokens'] / 1e6:.1f}M tokens, {meta['train_seconds'] / 60:.0f} min): "
@@ -113,7 +158,13 @@ def main() -> None:
     ap.add_argument("--n-tool", type=int, default=demo_data.N_HELDOUT_TOOL)
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--plot", type=Path, help="write the loss curve PNG here")
+    ap.add_argument("--cactus", nargs="+", metavar="QUANT", help="evaluate through cactus at these formats "
+                    "(f32 int8 int4) instead of transformers; writes eval_cactus.json")
     args = ap.parse_args()
+    if args.cactus:
+        results = cactus_eval(args.dir, args.cactus, args.n_tool, args.max_new_tokens)
+        (args.dir / "eval_cactus.json").write_text(json.dumps(results, indent=2) + "\n")
+        return
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.plot:
