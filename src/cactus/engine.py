@@ -14,7 +14,7 @@ from .config import ConfigError, ModelConfig
 from .models import ARCHITECTURES
 from .weights import WeightDir, WeightError
 
-PREFILL_CHUNK = 256  # tokens per prefill step: bounds activation memory for long prompts
+PREFILL_CHUNK = 512  # tokens per prefill step: bounds activation memory; MoE experts see ~T*A/E tokens each
 
 
 class ContextError(ValueError):
@@ -39,7 +39,7 @@ class Model:
         self.reset()
 
     def reset(self) -> None:
-        self.cache = self.net.make_cache()
+        self.cache = self.net.make_cache(self.max_context)
         self.n_past = 0
 
     def forward(self, ids, last_only: bool = False) -> np.ndarray:
@@ -62,7 +62,7 @@ class Model:
         return Snapshot(self.n_past, tuple(c.snapshot() for c in self.cache))
 
     def restore(self, snap: Snapshot) -> None:
-        for c, s in zip(self.cache, snap.states):
+        for c, s in zip(self.cache, snap.states, strict=True):
             c.restore(s)
         self.n_past = snap.n_past
 

@@ -1,39 +1,48 @@
 """The ops the model is written with, on numpy arrays. Shapes: T tokens, S cached positions,
-D hidden, H heads, Hkv KV heads, hd head dim, E experts, A active experts per token.
+D hidden, H heads, Hkv KV heads, hd head dim, E experts, A active experts per token, I expert width.
 
-Each op here is the short numpy definition; the C kernels (cactus._kernels) are held to these
-by the tests and take their place where they exist. Weights arrive as QTensor mmap views.
+Every op has a short numpy definition (`*_ref`, the reference the tests hold the C kernels to) and
+the C kernel (cactus._kernels) that runs by default. `CACTUS_ISA=ref` runs the references;
+`CACTUS_ISA=scalar|avx2|avx512|neon` forces a kernel level; `with ops.use("avx2"):` does the same
+for a block. `CACTUS_THREADS` / `set_threads` sets the kernel threads (default: physical cores).
+Weights arrive as QTensor mmap views; the kernels read them in place.
 """
 
 from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
 
 import numpy as np
 
 from .quant import QTensor
 
+# ============================================================================ references
 
-def rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+def rmsnorm_ref(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     """(T, ..., D) -> same; w (D,). As Lfm2RMSNorm: w * (x * rsqrt(mean(x^2) + eps)), in f32."""
     var = np.mean(np.square(x), axis=-1, keepdims=True, dtype=np.float32)
     return w * (x / np.sqrt(var + np.float32(eps)))
 
 
-def linear(x: np.ndarray, w: QTensor) -> np.ndarray:
+def linear_ref(x: np.ndarray, w: QTensor) -> np.ndarray:
     """y (T, N) = x (T, K) @ W (N, K)^T, exactly, on the dequantized weight.
 
-    The C kernels for int8/int4 also quantize x to int8 per group for integer dot products;
+    The int8/int4 kernels also quantize x to int8 per group for integer dot products;
     quant.qlinear_spec is that arithmetic, and the kernel tests pin them to it."""
     return x @ w.dequantize().T
 
 
-def embed(ids: np.ndarray, w: QTensor) -> np.ndarray:
+def embed_ref(ids: np.ndarray, w: QTensor) -> np.ndarray:
     """(T,) int -> (T, D): rows of the (quantized) embedding table."""
     return w.dequantize(rows=np.asarray(ids, np.int64))
 
 
-def rope(x: np.ndarray, positions: np.ndarray, theta: float) -> np.ndarray:
-    """x (T, H, hd) rotated by position, rotate-half convention (transformers' apply_rotary_pos_emb)."""
+def rope_ref(x: np.ndarray, start: int, theta: float) -> np.ndarray:
+    """x (T, H, hd) at positions start.. rotated, rotate-half convention (apply_rotary_pos_emb)."""
     hd = x.shape[-1]
+    positions = np.arange(start, start + x.shape[0])
     inv_freq = (1.0 / (theta ** (np.arange(0, hd, 2, dtype=np.float32) / hd))).astype(np.float32)
     freqs = positions.astype(np.float32)[:, None] * inv_freq[None, :]  # (T, hd/2)
     cos = np.cos(np.concatenate([freqs, freqs], -1))[:, None, :]
@@ -42,7 +51,7 @@ def rope(x: np.ndarray, positions: np.ndarray, theta: float) -> np.ndarray:
     return (x * cos + rot * sin).astype(np.float32)
 
 
-def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) -> np.ndarray:
+def attention_ref(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) -> np.ndarray:
     """q (T, H, hd) at positions start..start+T-1; k, v (S, Hkv, hd) with S = start + T -> (T, H, hd).
 
     Causal softmax attention; query head h reads KV head h // (H / Hkv), as repeat_kv does.
@@ -59,7 +68,7 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) -> np.nda
     return out.transpose(2, 0, 1, 3).reshape(t, h, hd).astype(np.float32)
 
 
-def short_conv(bx: np.ndarray, state: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+def short_conv_ref(bx: np.ndarray, state: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
     """Depthwise causal conv over time. bx (T, D); state (L-1, D) holds the previous L-1 inputs
     and is updated in place; w (D, L). out[t] = b + sum_j w[:, j] * xs[t + j], xs = [state; bx]."""
     lm1 = state.shape[0]
@@ -73,13 +82,24 @@ def short_conv(bx: np.ndarray, state: np.ndarray, w: np.ndarray, b: np.ndarray |
     return out
 
 
-def silu_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def conv_gate_ref(bcx: np.ndarray, state: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    """bcx (T, 3D) = B, C, x -> C * conv(B * x) (T, D): the gated short conv (Lfm2ShortConv)."""
+    bb, c, xx = np.split(bcx, 3, axis=-1)
+    return c * short_conv_ref(bb * xx, state, w, b)
+
+
+def silu_mul_ref(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """silu(a) * b, elementwise."""
     return a / (1.0 + np.exp(-a)) * b
 
 
-def moe_route(logits: np.ndarray, bias: np.ndarray | None, k: int, norm_topk: bool,
-              scale: float) -> tuple[np.ndarray, np.ndarray]:
+def swiglu_ref(x: np.ndarray, w1: QTensor, w3: QTensor, w2: QTensor) -> np.ndarray:
+    """w2 (silu(w1 x) * w3 x): the dense LFM2 feed-forward."""
+    return linear_ref(silu_mul_ref(linear_ref(x, w1), linear_ref(x, w3)), w2)
+
+
+def moe_route_ref(logits: np.ndarray, bias: np.ndarray | None, k: int, norm_topk: bool,
+                  scale: float) -> tuple[np.ndarray, np.ndarray]:
     """Router logits (T, E) -> expert ids (T, A), weights (T, A), as Lfm2MoeTopKRouter:
     sigmoid scores; the expert bias only chooses, the unbiased score weighs; optional
     renormalisation with its +1e-6; then routed_scaling_factor."""
@@ -92,14 +112,253 @@ def moe_route(logits: np.ndarray, bias: np.ndarray | None, k: int, norm_topk: bo
     return idx, (wts * np.float32(scale)).astype(np.float32)
 
 
-def moe_experts(x: np.ndarray, idx: np.ndarray, wts: np.ndarray,
-                w1: QTensor, w3: QTensor, w2: QTensor) -> np.ndarray:
+def moe_experts_ref(x: np.ndarray, idx: np.ndarray, wts: np.ndarray,
+                    w1: QTensor, w3: QTensor, w2: QTensor) -> np.ndarray:
     """sum_a wts[t, a] * w2[e] (silu(w1[e] x) * w3[e] x), e = idx[t, a]; x (T, D), w1/w3 (E, I, D),
     w2 (E, D, I). Only the selected experts run, each over the tokens that chose it."""
     out = np.zeros_like(x)
     for e in np.unique(idx):
         tok, slot = np.nonzero(idx == e)
-        xe = x[tok]
-        h = silu_mul(linear(xe, w1[e]), linear(xe, w3[e]))
-        np.add.at(out, tok, linear(h, w2[e]) * wts[tok, slot][:, None])
+        np.add.at(out, tok, swiglu_ref(x[tok], w1[e], w3[e], w2[e]) * wts[tok, slot][:, None])
     return out
+
+
+def moe_ref(x: np.ndarray, gate: QTensor, bias: np.ndarray | None, w1: QTensor, w3: QTensor, w2: QTensor,
+            k: int, norm_topk: bool, scale: float) -> np.ndarray:
+    """The sparse MoE block: route with gate (E, D), then the chosen experts."""
+    idx, wts = moe_route_ref(linear_ref(x, gate), bias, k, norm_topk, scale)
+    return moe_experts_ref(x, idx, wts, w1, w3, w2)
+
+
+def cache_views_ref(kt: np.ndarray, v: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """The KV cache's stored layout -> natural k, v (S, Hkv, hd) f32 of its first `length` positions.
+    kt (Hkv, cap/16, hd, 16): keys in blocks of 16 positions, d-major inside; v (Hkv, cap, hd)."""
+    hkv, nb, hd, blk = kt.shape
+    k = kt.transpose(0, 1, 3, 2).reshape(hkv, nb * blk, hd)[:, :length]
+    return k.transpose(1, 0, 2).astype(np.float32), v[:, :length].transpose(1, 0, 2).astype(np.float32)
+
+
+def kv_store_ref(kt: np.ndarray, v: np.ndarray, k_new: np.ndarray, v_new: np.ndarray, pos: int) -> None:
+    """Write k_new, v_new (T, Hkv, hd) at positions pos.. of the cache (layout of cache_views_ref)."""
+    for t in range(k_new.shape[0]):
+        s = pos + t
+        kt[:, s // 16, :, s % 16] = k_new[t]
+        v[:, s] = v_new[t]
+
+
+def cache_attention_ref(q: np.ndarray, kt: np.ndarray, v: np.ndarray, start: int) -> np.ndarray:
+    """attention_ref over the cache's first start + T positions."""
+    k, vv = cache_views_ref(kt, v, start + q.shape[0])
+    return attention_ref(q, k, vv, start)
+
+
+# ============================================================================ kernel selection
+
+ISAS = ("ref", "scalar", "avx2", "avx512", "neon")
+_k = None          # cactus._kernels, or None while the numpy references run
+_started = False
+
+
+def _lib():
+    global _k, _started
+    if not _started:
+        _started = True
+        from . import _kernels as k
+
+        isa = os.environ.get("CACTUS_ISA", "").strip().lower()
+        if isa and isa != "ref":
+            k.set_isa(isa)  # ValueError names an ISA this CPU cannot run
+        k.set_threads(int(os.environ.get("CACTUS_THREADS") or default_threads()))
+        _k = None if isa == "ref" else k
+    return _k
+
+
+def default_threads() -> int:
+    """Physical cores this process may run on (SMT siblings count once)."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    cores = set()
+    for c in cpus:
+        try:
+            base = f"/sys/devices/system/cpu/cpu{c}/topology/"
+            cores.add((open(base + "physical_package_id").read().strip(), open(base + "core_id").read().strip()))
+        except OSError:
+            cores.add(c)
+    return max(1, len(cores))
+
+
+def isa() -> str:
+    """The kernel level in use ('ref' for the numpy references)."""
+    k = _lib()
+    return "ref" if k is None else k.isa()
+
+
+def supported() -> list[str]:
+    """Kernel levels this machine runs, 'ref' included."""
+    from . import _kernels as k
+
+    return ["ref"] + k.supported()
+
+
+@contextlib.contextmanager
+def use(level: str) -> Iterator[None]:
+    """Run a block at one kernel level ('ref' = numpy references); restores the previous level."""
+    global _k
+    if level not in ISAS:
+        raise ValueError(f"unknown ISA {level!r} (one of {', '.join(ISAS)})")
+    _lib()
+    from . import _kernels as k
+
+    prev_k, prev_isa = _k, k.isa()
+    try:
+        if level == "ref":
+            _k = None
+        else:
+            k.set_isa(level)
+            _k = k
+        yield
+    finally:
+        k.set_isa(prev_isa)
+        _k = prev_k
+
+
+def set_threads(n: int) -> None:
+    _lib()
+    from . import _kernels as k
+
+    k.set_threads(int(n))
+
+
+def threads() -> int:
+    _lib()
+    from . import _kernels as k
+
+    return k.threads()
+
+
+def pool_stats() -> tuple[int, int]:
+    """(kernel jobs run on all threads, jobs run on the calling thread alone) since start."""
+    _lib()
+    from . import _kernels as k
+
+    return k.pool_stats()
+
+
+def profile(on: bool) -> tuple[int, int]:
+    """Start (True) or stop (False) counting time inside kernels; returns (calls, ns) counted since
+    the previous call. Python overhead = wall time - kernel time."""
+    _lib()
+    from . import _kernels as k
+
+    return k.profile(on)
+
+
+def read_memory(buf, stride: int = 1) -> int:
+    """Stream buf with every kernel thread (the bandwidth probe of `cactus bench`)."""
+    _lib()
+    from . import _kernels as k
+
+    return k.read_memory(buf, stride)
+
+
+def _weight(w: QTensor):
+    """The kernel handle of a QTensor, made once and kept on it (QTensor is a frozen dataclass)."""
+    h = w.__dict__.get("_kernel")
+    if h is None:
+        h = _k.Weight(w.data, w.scales, w.fmt, w.group_size, w.shape[-1])
+        object.__setattr__(w, "_kernel", h)
+    return h
+
+
+def _f32(x: np.ndarray) -> np.ndarray:
+    return x if x.dtype == np.float32 and x.flags.c_contiguous else np.ascontiguousarray(x, np.float32)
+
+
+# ============================================================================ the ops
+
+def rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    k = _lib()
+    return rmsnorm_ref(x, w, eps) if k is None else k.rmsnorm(_f32(x), w, eps)
+
+
+def linear(x: np.ndarray, w: QTensor) -> np.ndarray:
+    """y (T, N) = x (T, K) @ W^T. Quantized weights: int8 activations per group (qlinear_spec)."""
+    k = _lib()
+    return linear_ref(x, w) if k is None else k.linear(_f32(x), _weight(w), 0)
+
+
+def embed(ids: np.ndarray, w: QTensor) -> np.ndarray:
+    k = _lib()
+    return embed_ref(ids, w) if k is None else k.embed(np.ascontiguousarray(ids, np.int64), _weight(w))
+
+
+def rope(x: np.ndarray, start: int, theta: float) -> np.ndarray:
+    """x (T, H, hd) rotated for positions start.. (the kernel rotates x in place and returns it)."""
+    k = _lib()
+    if k is None:
+        return rope_ref(x, start, theta)
+    x = _f32(x)
+    k.rope(x, start, theta)
+    return x
+
+
+def conv_gate(bcx: np.ndarray, state: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    k = _lib()
+    return conv_gate_ref(bcx, state, w, b) if k is None else k.conv_gate(_f32(bcx), state, w, b)
+
+
+def silu_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    k = _lib()
+    return silu_mul_ref(a, b) if k is None else k.silu_mul(_f32(a), _f32(b))
+
+
+def swiglu(x: np.ndarray, w1: QTensor, w3: QTensor, w2: QTensor) -> np.ndarray:
+    k = _lib()
+    if k is None:
+        return swiglu_ref(x, w1, w3, w2)
+    return k.swiglu(_f32(x), _weight(w1), _weight(w3), _weight(w2))
+
+
+def moe_route(logits: np.ndarray, bias: np.ndarray | None, k: int, norm_topk: bool,
+              scale: float) -> tuple[np.ndarray, np.ndarray]:
+    kk = _lib()
+    if kk is None:
+        return moe_route_ref(logits, bias, k, norm_topk, scale)
+    return kk.route(_f32(logits), bias, k, norm_topk, scale)
+
+
+def moe_experts(x: np.ndarray, idx: np.ndarray, wts: np.ndarray, w1: QTensor, w3: QTensor, w2: QTensor) -> np.ndarray:
+    k = _lib()
+    if k is None:
+        return moe_experts_ref(x, idx, wts, w1, w3, w2)
+    return k.moe(_f32(x), np.ascontiguousarray(idx, np.int32), _f32(wts), _weight(w1), _weight(w3), _weight(w2))
+
+
+def moe(x: np.ndarray, gate: QTensor, bias: np.ndarray | None, w1: QTensor, w3: QTensor, w2: QTensor,
+        k: int, norm_topk: bool, scale: float) -> np.ndarray:
+    kk = _lib()
+    if kk is None:
+        return moe_ref(x, gate, bias, w1, w3, w2, k, norm_topk, scale)
+    x = _f32(x)
+    idx, wts = kk.route(kk.linear(x, _weight(gate), 0), bias, k, norm_topk, scale)
+    return kk.moe(x, idx, wts, _weight(w1), _weight(w3), _weight(w2))
+
+
+def kv_store(kt: np.ndarray, v: np.ndarray, k_new: np.ndarray, v_new: np.ndarray, pos: int) -> None:
+    k = _lib()
+    if k is None:
+        kv_store_ref(kt, v, k_new, v_new, pos)
+    else:
+        k.kv_store(kt, v, _f32(k_new), _f32(v_new), pos)
+
+
+def cache_attention(q: np.ndarray, kt: np.ndarray, v: np.ndarray, start: int) -> np.ndarray:
+    """Causal attention of q (T, H, hd) at positions start.. over the cache (kv_store's layout)."""
+    k = _lib()
+    if k is None:
+        return cache_attention_ref(q, kt, v, start)
+    return k.attention(_f32(q), kt, v, start, q.shape[-1] ** -0.5)
+
+
+# The plain names of the definitions, for callers that hold k, v themselves.
+attention = attention_ref
+short_conv = short_conv_ref

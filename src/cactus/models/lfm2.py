@@ -8,6 +8,7 @@ num_dense_layers). Tensor names are HF's; MoE experts are stacked per layer (E, 
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,32 +18,37 @@ from ..config import ModelConfig
 from ..quant import QTensor
 from ..weights import WeightDir
 
-
 # ----------------------------------------------------------------------------- caches
 
+def _lazy_zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """Zeros whose pages are only committed when written, in 4 KiB steps: an anonymous mmap with
+    huge pages off (numpy's own large arrays ask for 2 MiB pages, which would commit 2 MiB per
+    head at the first token)."""
+    nbytes = max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize)
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)  # private: in RssAnon
+    buf = mmap.mmap(-1, nbytes, flags=flags)
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):
+        buf.madvise(mmap.MADV_NOHUGEPAGE)
+    return np.frombuffer(buf, dtype, count=int(np.prod(shape))).reshape(shape)
+
+
 class KVCache:
-    """Keys and values of one attention layer, grown in chunks as the context fills."""
+    """Keys and values of one attention layer for up to `capacity` positions.
+    kt (Hkv, cap/16, hd, 16): keys in blocks of 16 positions, d-major inside a block (the decode
+    kernel reads 16 scores per vector); v (Hkv, cap, hd). Allocated once at the context limit:
+    np.zeros maps untouched pages lazily, so memory grows with the positions actually written and
+    nothing is ever copied. f16 for int8/int4 models (half the memory and bandwidth)."""
 
-    def __init__(self, n_kv_heads: int, head_dim: int, chunk: int = 256):
-        self.k = np.zeros((0, n_kv_heads, head_dim), np.float32)  # (capacity, Hkv, hd)
-        self.v = np.zeros_like(self.k)
+    def __init__(self, n_kv_heads: int, head_dim: int, capacity: int, dtype=np.float32):
+        cap = -(-capacity // 16) * 16
+        self.kt = _lazy_zeros((n_kv_heads, cap // 16, head_dim, 16), dtype)
+        self.v = _lazy_zeros((n_kv_heads, cap, head_dim), dtype)
         self.length = 0
-        self.chunk = chunk
 
-    def append(self, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Store k, v (T, Hkv, hd); return views of all cached (S, Hkv, hd)."""
-        end = self.length + k.shape[0]
-        if end > self.k.shape[0]:
-            cap = max(end, 2 * self.k.shape[0], self.chunk)
-            for name in ("k", "v"):
-                old = getattr(self, name)
-                new = np.zeros((cap,) + old.shape[1:], np.float32)
-                new[: self.length] = old[: self.length]
-                setattr(self, name, new)
-        self.k[self.length:end] = k
-        self.v[self.length:end] = v
-        self.length = end
-        return self.k[:end], self.v[:end]
+    def append(self, k: np.ndarray, v: np.ndarray) -> None:
+        """Store k, v (T, Hkv, hd) at positions length.."""
+        ops.kv_store(self.kt, self.v, k, v, self.length)
+        self.length += k.shape[0]
 
     def snapshot(self) -> int:
         return self.length
@@ -79,9 +85,7 @@ class ShortConv:
         bcx = ops.linear(x, self.in_proj)
         if self.in_b is not None:
             bcx = bcx + self.in_b
-        b, c, xx = np.split(bcx, 3, axis=-1)
-        y = c * ops.short_conv(b * xx, cache.state, self.conv, self.conv_b)
-        y = ops.linear(y, self.out_proj)
+        y = ops.linear(ops.conv_gate(bcx, cache.state, self.conv, self.conv_b), self.out_proj)
         return y if self.out_b is None else y + self.out_b
 
 
@@ -101,13 +105,11 @@ class Attention:
 
     def __call__(self, x: np.ndarray, cache: KVCache, pos: int) -> np.ndarray:
         t = x.shape[0]
-        positions = np.arange(pos, pos + t)
         q = ops.rmsnorm(ops.linear(x, self.q_proj).reshape(t, self.n_heads, self.head_dim), self.q_norm, self.eps)
         k = ops.rmsnorm(ops.linear(x, self.k_proj).reshape(t, self.n_kv_heads, self.head_dim), self.k_norm, self.eps)
         v = ops.linear(x, self.v_proj).reshape(t, self.n_kv_heads, self.head_dim)
-        q, k = ops.rope(q, positions, self.theta), ops.rope(k, positions, self.theta)
-        keys, values = cache.append(k, v)
-        o = ops.attention(q, keys, values, pos)
+        cache.append(ops.rope(k, pos, self.theta), v)
+        o = ops.cache_attention(ops.rope(q, pos, self.theta), cache.kt, cache.v, pos)
         return ops.linear(o.reshape(t, -1), self.out_proj)
 
 
@@ -118,12 +120,12 @@ class SwiGLU:
     w2: QTensor  # (D, I)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return ops.linear(ops.silu_mul(ops.linear(x, self.w1), ops.linear(x, self.w3)), self.w2)
+        return ops.swiglu(x, self.w1, self.w3, self.w2)
 
 
 @dataclass
 class MoE:
-    gate: np.ndarray  # (E, D) router, f32
+    gate: QTensor  # (E, D) router, f32
     expert_bias: np.ndarray | None  # (E,), chooses experts, does not weigh them
     w1: QTensor  # (E, I, D)
     w3: QTensor  # (E, I, D)
@@ -133,8 +135,8 @@ class MoE:
     scale: float
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        idx, wts = ops.moe_route(x @ self.gate.T, self.expert_bias, self.top_k, self.norm_topk, self.scale)
-        return ops.moe_experts(x, idx, wts, self.w1, self.w3, self.w2)
+        return ops.moe(x, self.gate, self.expert_bias, self.w1, self.w3, self.w2,
+                       self.top_k, self.norm_topk, self.scale)
 
 
 @dataclass
@@ -189,7 +191,7 @@ class LFM2:
             if cfg.is_moe_layer(i):
                 im = cfg.moe_intermediate_size
                 ffn = MoE(
-                    w.float_tensor(f + "gate.weight", (e, d)),
+                    w.tensor(f + "gate.weight", (e, d)),
                     w.float_tensor(f + "expert_bias", (e,)) if cfg.use_expert_bias else None,
                     w.tensor(f + "experts.w1.weight", (e, im, d)),
                     w.tensor(f + "experts.w3.weight", (e, im, d)),
@@ -203,15 +205,22 @@ class LFM2:
             self.blocks.append(Block(w.float_tensor(p + "operator_norm.weight", (d,)),
                                      w.float_tensor(p + "ffn_norm.weight", (d,)), op, ffn, cfg.norm_eps))
 
-    def make_cache(self) -> list[KVCache | ConvCache]:
+    def make_cache(self, max_context: int) -> list[KVCache | ConvCache]:
         cfg = self.cfg
-        return [KVCache(cfg.num_key_value_heads, cfg.head_dim) if cfg.is_attention(i)
+        # f16 halves KV memory and bandwidth; kept to int8/int4 models on the kernels, whose
+        # activations are quantized anyway: float models and the numpy reference stay exact
+        kv = np.float16 if self.blocks and self._quantized() and ops.isa() != "ref" else np.float32
+        return [KVCache(cfg.num_key_value_heads, cfg.head_dim, max_context, kv) if cfg.is_attention(i)
                 else ConvCache(cfg.conv_L_cache, cfg.hidden_size) for i in range(cfg.num_hidden_layers)]
+
+    def _quantized(self) -> bool:
+        op = self.blocks[0].op
+        return (op.in_proj if isinstance(op, ShortConv) else op.q_proj).fmt in ("int8", "int4")
 
     def forward(self, ids: np.ndarray, cache: list, pos: int, last_only: bool = False) -> np.ndarray:
         """ids (T,) at positions pos.. -> logits (T, vocab), or (1, vocab) with last_only."""
         x = ops.embed(ids, self.embed)  # (T, D)
-        for block, layer_cache in zip(self.blocks, cache):
+        for block, layer_cache in zip(self.blocks, cache, strict=True):
             x = block(x, layer_cache, pos)
         if last_only:
             x = x[-1:]

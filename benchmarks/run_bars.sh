@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The issue-3 bars, each measured by `cactus bench` (medians of --runs runs, memory bandwidth
+# measured in the same run). Results land in benchmarks/results/NAME-QUANT-TAG.json; summarize
+# with `python benchmarks/summarize.py`. Usage: benchmarks/run_bars.sh [TAG] [extra bench args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tag=${1:-$(date +%H%M%S)}
+shift || true
+extra=("$@")
+out=benchmarks/results
+mkdir -p "$out"
+bench() {  # name quant prompt gen runs
+    python -m cactus.bench --synthetic "$1" --quant "$2" --prompt "$3" --gen "$4" --runs "$5" --json "${extra[@]}" \
+        > "$out/$1-$2-p$3-$tag.json"
+    python -c "import json,sys; r=json.load(open(sys.argv[1])); print(sys.argv[1], 'prefill %.1f decode %.2f eff %.1f GB/s (%.0f%% of %.1f-%.1f) anon %.0f MB py %.1f%%' % (r['prefill_tps'], r['decode_tps'], r['effective_gbs'], r['effective_pct_of_bw'], r['bw_before_gbs'], r['bw_after_gbs'], r['peak_anon_rss_mb'], r['python_overhead_pct']))" "$out/$1-$2-p$3-$tag.json"
+}
+bench lfm2-350m int4 128 64 5
+bench lfm2-1.2b int8 128 64 3
+bench lfm2-8b-a1b int4 512 64 3
+bench lfm2-24b-a2b int4 512 64 3
+bench lfm2-24b-a2b int4 4096 16 1

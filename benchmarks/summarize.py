@@ -1,0 +1,42 @@
+"""Markdown table of `cactus bench --json` results (benchmarks/results/*.json), one row per file.
+
+    python benchmarks/summarize.py [GLOB]      # default: benchmarks/results/*.json
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import sys
+from pathlib import Path
+
+COLUMNS = ["run", "model", "quant", "threads", "prompt", "prefill tok/s", "TTFT ms", "decode tok/s", "weights/token MB",
+           "effective GB/s", "measured GB/s (before/after)", "eff % of bw", "peak anon MB", "peak RSS MB",
+           "python %", "team jobs %"]
+
+
+def row(path: Path, r: dict) -> list[str]:
+    name = Path(r["model"]).name
+    return [path.stem.rsplit("-", 1)[-1], name, r["quant"], str(r["threads"]), str(r["prompt"]),
+            f"{r['prefill_tps']:.1f}", f"{r['ttft_ms']:.0f}", f"{r['decode_tps']:.2f}",
+            f"{r['weight_bytes_per_token'] / 1e6:.0f}", f"{r['effective_gbs']:.1f}",
+            f"{r['bw_before_gbs']:.1f} / {r['bw_after_gbs']:.1f}",
+            f"{r['effective_pct_of_bw']:.0f}–{r['effective_pct_of_bw_low']:.0f}",
+            f"{r['peak_anon_rss_mb']:.0f}", f"{r['peak_rss_mb']:.0f}", f"{r['python_overhead_pct']:.1f}",
+            f"{r.get('decode_jobs_on_all_threads_pct', float('nan')):.0f}"]
+
+
+def main(argv: list[str]) -> None:
+    pattern = argv[0] if argv else str(Path(__file__).parent / "results" / "*.json")
+    print("| " + " | ".join(COLUMNS) + " |")
+    print("|" + "---|" * len(COLUMNS))
+    for p in sorted(glob.glob(pattern)):
+        try:
+            r = json.loads(Path(p).read_text())
+        except (json.JSONDecodeError, OSError):
+            continue  # a run still writing, or one that failed
+        print("| " + " | ".join(row(Path(p), r)) + " |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,54 @@
+"""Builds cactus._kernels: each ISA file is compiled with its own flags (never -march=native) and
+linked into one extension; dispatch.c picks the best table at run time. Metadata is in pyproject.toml.
+"""
+
+import platform
+import sys
+
+import numpy as np
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+K = "src/cactus/_kernels/"
+COMMON = ["binding.c", "driver.c", "small.c", "pool.c", "dispatch.c", "kernels_scalar.c"]
+X86 = {
+    "kernels_avx2.c": ["-mavx2", "-mfma", "-mf16c"],
+    "kernels_avx512.c": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mgfni",
+                         "-mavx2", "-mfma", "-mf16c"],
+}
+ARM = {"kernels_neon.c": ["-march=armv8.2-a+dotprod"]}
+BASE_FLAGS = ["-O3", "-std=gnu11", "-fno-strict-aliasing", "-Wall", "-Wno-unused-function"]
+
+
+def isa_sources() -> dict[str, list[str]]:
+    machine = platform.machine().lower()
+    if machine in ("x86_64", "amd64"):
+        return X86
+    if machine in ("aarch64", "arm64"):
+        return ARM
+    return {}
+
+
+class BuildKernels(build_ext):
+    """Compile each ISA translation unit with its own flags, then link them into the extension."""
+
+    def build_extension(self, ext):
+        objects = []
+        for src, flags in isa_sources().items():
+            objects += self.compiler.compile([K + src], output_dir=self.build_temp, include_dirs=ext.include_dirs,
+                                             extra_postargs=BASE_FLAGS + flags, depends=[K + "kernels.h"])
+        ext.extra_objects = objects
+        super().build_extension(ext)
+
+
+ext = Extension(
+    "cactus._kernels",
+    sources=[K + s for s in COMMON],
+    include_dirs=[np.get_include(), K],
+    extra_compile_args=BASE_FLAGS,
+    extra_link_args=[] if sys.platform == "darwin" else ["-pthread"],
+    # the ISA files are compiled separately: list them so a change to one relinks the extension
+    depends=[K + h for h in ("kernels.h", "driver.h", "pool.h")] + [K + s for s in (*X86, *ARM)],
+)
+
+setup(ext_modules=[ext], cmdclass={"build_ext": BuildKernels})

@@ -1,0 +1,103 @@
+/* cactus kernels: the types every ISA file shares, and the dispatch table.
+ *
+ * One ISA per translation unit (kernels_scalar.c, kernels_avx2.c, kernels_avx512.c, kernels_neon.c),
+ * each compiled with its own flags and exporting one `Kernels` table. This header knows nothing of
+ * CPython; driver.c composes table kernels with the thread pool; binding.c is the only CPython file.
+ * Weight layouts are quant.py's (docs/FORMAT.md); activation layouts are defined here (ActLayout).
+ */
+#ifndef CACTUS_KERNELS_H
+#define CACTUS_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum { FMT_F32 = 0, FMT_F16 = 1, FMT_BF16 = 2, FMT_INT8 = 3, FMT_INT4 = 4 };
+
+/* One (N, K) weight matrix viewed in place (the mmap); never copied.
+ * int8: data (N, kp) int8; int4: data (N, kp/2) uint8, byte j of a group = element j (low nibble) |
+ * element j + G/2 (high nibble), stored u = q + 8; scales (N, ng) f16. Float formats: (N, K). */
+typedef struct {
+    const uint8_t *data;
+    const uint16_t *scales;  /* f16 bits, row r at scales + r * ng (NULL for float formats) */
+    int64_t n, k, kp, ng;    /* rows, logical K, K padded to the group, groups per row */
+    int64_t row_bytes;       /* bytes from one row of data to the next */
+    int32_t fmt, group;
+} QMat;
+
+/* One token's activations quantized for the integer kernels (quant.quantize_activations):
+ * q int8 per group of G, s = amax/127 (f32), q = rint(x / s). The layout of one token's buffer:
+ *   q    (kpa)      int8, natural order, zero past kp
+ *   s    (nga)      f32 per-group scale, zero past ng
+ *   sum  (nga)      int32 sum of q per group
+ *   int4 weights also get, per 64 packed weight bytes (128 elements) = 16 lanes of 4 bytes:
+ *   qn   (kpa)      int8: the 64 x's met by the low nibbles, then the 64 met by the high nibbles
+ *   corr (kpa/8)    int32 per lane: -8 * (sum of the lane's 8 x's)   (u = q + 8 offset)
+ *   sl   (kpa/8)    f32 per lane: s of the lane's group
+ *   int8 weights get, per 64 weight bytes = 16 lanes of 4 elements:
+ *   corr (kpa/4)    int32 per lane: -128 * (sum of the lane's 4 x)   (u = w ^ 0x80 offset)
+ *   sl   (kpa/4)    f32 per lane: s of the lane's group
+ * kpa = kp rounded up to 256 and nga = kpa / G rounded up to 16, so SIMD never reads past the end. */
+typedef struct {
+    int64_t k, kp, kpa, ng, nga;
+    int32_t group, fmt;
+    int64_t off_q, off_s, off_sum, off_qn, off_corr, off_sl, stride; /* bytes; stride = one token */
+} ActLayout;
+
+typedef struct Kernels {
+    const char *name;
+    /* act (one token) <- x (K): groups [g0, g1) of it (all extras for L->fmt included). */
+    void (*quantize)(const ActLayout *L, uint8_t *act, const float *x, int64_t g0, int64_t g1);
+    /* y[t * ldy + r] = W[r] . x_t for tokens t < nt, rows r in [r0, r1); int8/int4 weights, x as
+     * quantized activations (nt tokens, L->stride apart). scratch: kernels_scratch_bytes(kp). */
+    void (*qgemm)(float *y, int64_t ldy, const QMat *w, const ActLayout *L, const uint8_t *act,
+                  int64_t nt, int64_t r0, int64_t r1, uint8_t *scratch);
+    /* Same for f32/f16/bf16 weights: x (nt, K) f32 rows ldx apart. */
+    void (*fgemm)(float *y, int64_t ldy, const QMat *w, const float *x, int64_t ldx,
+                  int64_t nt, int64_t r0, int64_t r1);
+    /* Attention of R query rows that share one KV head, online softmax over positions.
+     * q (R, hd) f32 rows; limit[r] = number of positions row r sees (causal); out (R, hd).
+     * kt: keys blocked by 16 positions, d-major inside a block: (nblk, hd, 16); v: (S, hd).
+     * kv_f16: 1 if the cache holds f16, 0 for f32. scratch: 16 * R + hd floats... see attn_scratch. */
+    void (*attn)(float *out, const float *q, int64_t R, const int64_t *limit, const void *kt,
+                 const void *v, int64_t hd, float scale, int kv_f16, float *scratch);
+    /* g[i] = silu(g[i]) * u[i] = g / (1 + exp(-g)) * u, i < n */
+    void (*silu_mul)(float *g, const float *u, int64_t n);
+} Kernels;
+
+#define KERNEL_PANEL 16                      /* rows per packed panel (prefill) */
+#define ATTN_BLOCK 16                        /* positions per key block */
+size_t kernels_scratch_bytes(int64_t kp);    /* per-thread qgemm scratch */
+size_t attn_scratch_floats(int64_t R, int64_t hd);
+
+void act_layout(ActLayout *L, int64_t k, int32_t group, int32_t fmt);
+
+extern const Kernels kernels_scalar;
+#if defined(__x86_64__) || defined(_M_X64)
+extern const Kernels kernels_avx2;
+extern const Kernels kernels_avx512vnni;
+extern const Kernels kernels_avx512vnni_gfni;
+#endif
+#if defined(__aarch64__)
+extern const Kernels kernels_neon;
+#endif
+
+/* Shared scalar pieces the SIMD files fall back to (defined in kernels_scalar.c). */
+float f16_to_f32(uint16_t h);
+uint16_t f32_to_f16(float f);
+void quantize_scalar(const ActLayout *L, uint8_t *act, const float *x, int64_t g0, int64_t g1);
+void act_extras(const ActLayout *L, uint8_t *act, int64_t g0, int64_t g1);
+void qgemm_scalar(float *y, int64_t ldy, const QMat *w, const ActLayout *L, const uint8_t *act,
+                  int64_t nt, int64_t r0, int64_t r1, uint8_t *scratch);
+void fgemm_scalar(float *y, int64_t ldy, const QMat *w, const float *x, int64_t ldx,
+                  int64_t nt, int64_t r0, int64_t r1);
+void silu_mul_scalar(float *g, const float *u, int64_t n);
+void attn_scalar(float *out, const float *q, int64_t R, const int64_t *limit, const void *kt,
+                 const void *v, int64_t hd, float scale, int kv_f16, float *scratch);
+
+/* Dispatch (dispatch.c): best table this CPU runs, or the one `name` forces (NULL if unknown or
+ * unsupported here). cpu_supports("avx512") etc. tells which levels this machine has. */
+const Kernels *kernels_best(void);
+const Kernels *kernels_by_name(const char *name);
+int cpu_supports(const char *name);
+
+#endif

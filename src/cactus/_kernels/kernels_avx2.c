@@ -1,0 +1,253 @@
+/* AVX2 kernels (compiled with -mavx2 -mfma -mf16c). Integer dots use vpmaddubsw + vpmaddwd:
+ * int4 multiplies the nibble u (0..15, unsigned) by x and takes 8 * sum(x) back per lane; int8
+ * uses the sign trick (|x| times w with x's sign) so the int16 pair sums cannot saturate.
+ * Group size 32 runs here; other group sizes use the scalar file. Tokens reuse a row from L1.
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#include "kernels.h"
+
+static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline float hmax8(__m256 v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* ------------------------------------------------------------------ activations */
+
+static void quantize_avx2(const ActLayout *L, uint8_t *act, const float *x, int64_t g0, int64_t g1) {
+    const int64_t G = L->group, groups_q = L->kpa / G;
+    int8_t *q = (int8_t *)(act + L->off_q);
+    float *s = (float *)(act + L->off_s);
+    int32_t *sum = (int32_t *)(act + L->off_sum);
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    float buf[8];
+    for (int64_t g = g0; g < g1; g++) {
+        if (g >= groups_q) { s[g] = 0.0f; sum[g] = 0; continue; }
+        __m256 amax = _mm256_setzero_ps();
+        for (int64_t j = 0; j < G; j += 8) {
+            int64_t e = g * G + j, n = L->k - e;
+            __m256 v;
+            if (n >= 8) v = _mm256_loadu_ps(x + e);
+            else {
+                memset(buf, 0, sizeof buf);
+                for (int64_t i = 0; i < n; i++) buf[i] = x[e + i];
+                v = _mm256_loadu_ps(buf);
+            }
+            amax = _mm256_max_ps(amax, _mm256_and_ps(v, absmask));
+        }
+        const float d = hmax8(amax) / 127.0f;
+        const __m256 dv = _mm256_set1_ps(d);
+        int32_t acc = 0;
+        for (int64_t j = 0; j < G; j += 8) {
+            int64_t e = g * G + j, n = L->k - e;
+            int32_t qi[8] = {0};
+            if (d != 0.0f && n > 0) {
+                __m256 v;
+                if (n >= 8) v = _mm256_loadu_ps(x + e);
+                else {
+                    memset(buf, 0, sizeof buf);
+                    for (int64_t i = 0; i < n; i++) buf[i] = x[e + i];
+                    v = _mm256_loadu_ps(buf);
+                }
+                __m256i r = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_div_ps(v, dv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+                r = _mm256_max_epi32(_mm256_min_epi32(r, _mm256_set1_epi32(127)), _mm256_set1_epi32(-127));
+                _mm256_storeu_si256((__m256i *)qi, r);
+            }
+            for (int i = 0; i < 8; i++) { q[e + i] = (int8_t)qi[i]; acc += qi[i]; }
+        }
+        s[g] = d;
+        sum[g] = acc;
+    }
+    act_extras(L, act, g0, g1 < groups_q ? g1 : groups_q);
+}
+
+/* ------------------------------------------------------------------ integer rows, G = 32 */
+
+/* int4: 32 packed bytes (2 groups) per step; lanes as in kernels.h (qn, corr, sl). */
+static float dot_int4(const uint8_t *row, const uint16_t *sw, int64_t ng, const uint8_t *act, const ActLayout *L) {
+    const int8_t *qn = (const int8_t *)(act + L->off_qn);
+    const int32_t *corr = (const int32_t *)(act + L->off_corr);
+    const float *sl = (const float *)(act + L->off_sl);
+    const __m256i m0f = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    const __m256i lo_idx = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+    __m256 f = _mm256_setzero_ps();
+    uint8_t tail[32];
+    for (int64_t g = 0; g < ng; g += 2) {
+        const int64_t p = 16 * g, b = p / 64, h = (p % 64) / 32;  /* packed byte, 64-byte block, half */
+        __m256i w;
+        if (g + 2 <= ng) w = _mm256_loadu_si256((const __m256i *)(row + p));
+        else { memset(tail, 0, 32); memcpy(tail, row + p, 16); w = _mm256_loadu_si256((const __m256i *)tail); }
+        __m256i lo = _mm256_and_si256(w, m0f), hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), m0f);
+        __m256i xlo = _mm256_loadu_si256((const __m256i *)(qn + 128 * b + 32 * h));
+        __m256i xhi = _mm256_loadu_si256((const __m256i *)(qn + 128 * b + 64 + 32 * h));
+        __m256i pr = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xlo), _mm256_maddubs_epi16(hi, xhi));
+        __m256i acc = _mm256_add_epi32(_mm256_madd_epi16(pr, ones), _mm256_loadu_si256((const __m256i *)(corr + 16 * b + 8 * h)));
+        uint32_t two;
+        memcpy(&two, sw + g, g + 2 <= ng ? 4 : 2);
+        if (g + 2 > ng) two &= 0xFFFF;
+        __m256 s2 = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_cvtph_ps(_mm_cvtsi32_si128((int)two))), lo_idx);
+        __m256 sc = _mm256_mul_ps(s2, _mm256_loadu_ps(sl + 16 * b + 8 * h));
+        f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), sc, f);
+    }
+    return hsum8(f);
+}
+
+/* int8: one group (32 bytes) per step, |x| * (w with x's sign). */
+static float dot_int8(const uint8_t *row, const uint16_t *sw, int64_t ng, const uint8_t *act, const ActLayout *L) {
+    const int8_t *q = (const int8_t *)(act + L->off_q);
+    const float *s = (const float *)(act + L->off_s);
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 f = _mm256_setzero_ps();
+    for (int64_t g = 0; g < ng; g++) {
+        __m256i w = _mm256_loadu_si256((const __m256i *)(row + 32 * g));
+        __m256i x = _mm256_loadu_si256((const __m256i *)(q + 32 * g));
+        __m256i i32 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(x), _mm256_sign_epi8(w, x)), ones);
+        float sc = _cvtsh_ss(sw[g]) * s[g];
+        f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i32), _mm256_set1_ps(sc), f);
+    }
+    return hsum8(f);
+}
+
+static void qgemm_avx2(float *y, int64_t ldy, const QMat *w, const ActLayout *L, const uint8_t *act,
+                       int64_t nt, int64_t r0, int64_t r1, uint8_t *scratch) {
+    if (w->group != 32) { qgemm_scalar(y, ldy, w, L, act, nt, r0, r1, scratch); return; }
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *row = w->data + r * w->row_bytes;
+        const uint16_t *sw = w->scales + r * w->ng;
+        for (int64_t t = 0; t < nt; t++)
+            y[t * ldy + r] = w->fmt == FMT_INT4 ? dot_int4(row, sw, w->ng, act + t * L->stride, L)
+                                                : dot_int8(row, sw, w->ng, act + t * L->stride, L);
+    }
+}
+
+/* ------------------------------------------------------------------ float weights */
+
+static inline __m256 load8(const QMat *w, const uint8_t *row, int64_t e) {
+    if (w->fmt == FMT_F32) return _mm256_loadu_ps((const float *)row + e);
+    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)row + e));
+    if (w->fmt == FMT_F16) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+static inline float load1(const QMat *w, const uint8_t *row, int64_t e) {
+    if (w->fmt == FMT_F32) return ((const float *)row)[e];
+    uint16_t h = ((const uint16_t *)row)[e];
+    if (w->fmt == FMT_F16) return _cvtsh_ss(h);
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static void fgemm_avx2(float *y, int64_t ldy, const QMat *w, const float *x, int64_t ldx,
+                       int64_t nt, int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *row = w->data + r * w->row_bytes;
+        for (int64_t t0 = 0; t0 < nt; t0 += 4) {
+            const int tb = (int)(nt - t0 < 4 ? nt - t0 : 4);
+            __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+            int64_t e = 0;
+            for (; e + 8 <= w->k; e += 8) {
+                __m256 wv = load8(w, row, e);
+                for (int t = 0; t < tb; t++) acc[t] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + (t0 + t) * ldx + e), acc[t]);
+            }
+            for (int t = 0; t < tb; t++) {
+                float s = hsum8(acc[t]);
+                for (int64_t i = e; i < w->k; i++) s += load1(w, row, i) * x[(t0 + t) * ldx + i];
+                y[(t0 + t) * ldy + r] = s;
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ attention */
+
+static inline __m256 exp256(__m256 x) {  /* as kernels_avx512.c's exp512 */
+    x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.3762626647949f)), _mm256_set1_ps(-88.0f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500E-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507E-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073E-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894E-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459E-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201E-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+static inline __m256 kv8(const void *base, int64_t i, int kv_f16) {
+    if (kv_f16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)base + i)));
+    return _mm256_loadu_ps((const float *)base + i);
+}
+
+/* One row at a time, 16 positions (two ymm) per step; online softmax as the scalar reference. */
+static void attn_avx2(float *out, const float *q, int64_t R, const int64_t *limit, const void *kt,
+                      const void *v, int64_t hd, float scale, int kv_f16, float *scratch) {
+    if (hd % 8 || hd > 256) { attn_scalar(out, q, R, limit, kt, v, hd, scale, kv_f16, scratch); return; }
+    const int64_t nv = hd / 8;
+    for (int64_t r = 0; r < R; r++) {
+        const float *qr = q + r * hd;
+        float *o = out + r * hd, m = -INFINITY, l = 0.0f, p[16];
+        __m256 ov[32];
+        for (int64_t d = 0; d < nv; d++) ov[d] = _mm256_setzero_ps();
+        for (int64_t s0 = 0; s0 < limit[r]; s0 += 16) {
+            const int64_t blk = s0 / 16, valid = limit[r] - s0 < 16 ? limit[r] - s0 : 16;
+            __m256 a = _mm256_setzero_ps(), b = _mm256_setzero_ps();
+            for (int64_t d = 0; d < hd; d++) {
+                __m256 qd = _mm256_set1_ps(qr[d]);
+                a = _mm256_fmadd_ps(qd, kv8(kt, (blk * hd + d) * 16, kv_f16), a);
+                b = _mm256_fmadd_ps(qd, kv8(kt, (blk * hd + d) * 16 + 8, kv_f16), b);
+            }
+            _mm256_storeu_ps(p, _mm256_mul_ps(a, _mm256_set1_ps(scale)));
+            _mm256_storeu_ps(p + 8, _mm256_mul_ps(b, _mm256_set1_ps(scale)));
+            for (int64_t j = valid; j < 16; j++) p[j] = -INFINITY;
+            float bm = p[0];
+            for (int j = 1; j < 16; j++) bm = p[j] > bm ? p[j] : bm;
+            if (bm > m) {
+                float c = m == -INFINITY ? 0.0f : expf(m - bm);
+                l *= c;
+                for (int64_t d = 0; d < nv; d++) ov[d] = _mm256_mul_ps(ov[d], _mm256_set1_ps(c));
+                m = bm;
+            }
+            __m256 e0 = exp256(_mm256_sub_ps(_mm256_loadu_ps(p), _mm256_set1_ps(m)));
+            __m256 e1 = exp256(_mm256_sub_ps(_mm256_loadu_ps(p + 8), _mm256_set1_ps(m)));
+            _mm256_storeu_ps(p, e0);
+            _mm256_storeu_ps(p + 8, e1);
+            for (int64_t j = valid; j < 16; j++) p[j] = 0.0f;
+            for (int64_t j = 0; j < valid; j++) {
+                l += p[j];
+                __m256 pj = _mm256_set1_ps(p[j]);
+                for (int64_t d = 0; d < nv; d++) ov[d] = _mm256_fmadd_ps(pj, kv8(v, (s0 + j) * hd + 8 * d, kv_f16), ov[d]);
+            }
+        }
+        __m256 inv = _mm256_set1_ps(l > 0.0f ? 1.0f / l : 0.0f);
+        for (int64_t d = 0; d < nv; d++) _mm256_storeu_ps(o + 8 * d, _mm256_mul_ps(ov[d], inv));
+    }
+}
+
+static void silu_mul_avx2(float *g, const float *u, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 a = _mm256_loadu_ps(g + i);
+        const __m256 e = exp256(_mm256_sub_ps(_mm256_setzero_ps(), a));
+        const __m256 s = _mm256_div_ps(a, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+        _mm256_storeu_ps(g + i, _mm256_mul_ps(s, _mm256_loadu_ps(u + i)));
+    }
+    silu_mul_scalar(g + i, u + i, n - i);
+}
+
+const Kernels kernels_avx2 = {"avx2", quantize_avx2, qgemm_avx2, fgemm_avx2, attn_avx2, silu_mul_avx2};

@@ -1,0 +1,250 @@
+/* Scalar kernels: the C reference every SIMD file is tested against, and the fallback for shapes
+ * the SIMD paths do not take. Follows quant.py's arithmetic exactly (integer sums per group, then
+ * y = sum_g (isum * sx) * sw in f32). Plain C99, no intrinsics; compiled with the baseline flags.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "kernels.h"
+
+_Static_assert(sizeof(float) == 4, "f32");
+
+/* ------------------------------------------------------------------ f16 / bf16 */
+
+float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1F, man = h & 0x3FF, u;
+    if (exp == 0x1F) {
+        u = sign | 0x7F800000u | (man << 13);
+    } else if (exp == 0) {
+        if (man == 0) {
+            u = sign;
+        } else {  /* subnormal: renormalise */
+            int e = -1;
+            do { man <<= 1; e++; } while (!(man & 0x400));
+            u = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3FF) << 13);
+        }
+    } else {
+        u = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+uint16_t f32_to_f16(float f) {  /* round to nearest even, as numpy's astype(float16) */
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint32_t sign = (u >> 16) & 0x8000;
+    int32_t exp = (int32_t)((u >> 23) & 0xFF) - 127 + 15;
+    uint32_t man = u & 0x7FFFFF;
+    if (((u >> 23) & 0xFF) == 0xFF) return (uint16_t)(sign | 0x7C00 | (man ? 0x200 : 0));
+    if (exp >= 0x1F) return (uint16_t)(sign | 0x7C00);
+    if (exp <= 0) {
+        if (exp < -10) return (uint16_t)sign;
+        man |= 0x800000;
+        uint32_t shift = (uint32_t)(14 - exp), half = 1u << (shift - 1);
+        uint32_t r = man >> shift, rem = man & ((1u << shift) - 1);
+        if (rem > half || (rem == half && (r & 1))) r++;
+        return (uint16_t)(sign | r);
+    }
+    uint32_t r = ((uint32_t)exp << 10) | (man >> 13), rem = man & 0x1FFF;
+    if (rem > 0x1000 || (rem == 0x1000 && (r & 1))) r++;  /* may carry into the exponent: fine */
+    return (uint16_t)(sign | r);
+}
+
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* ------------------------------------------------------------------ activation layout */
+
+void act_layout(ActLayout *L, int64_t k, int32_t group, int32_t fmt) {
+    memset(L, 0, sizeof *L);
+    L->k = k;
+    L->group = group;
+    L->fmt = fmt;
+    L->kp = (k + group - 1) / group * group;
+    L->ng = L->kp / group;
+    L->kpa = (L->kp + 255) / 256 * 256;
+    L->nga = (L->kpa / group + 15) / 16 * 16;
+    int64_t off = 0;
+    L->off_q = off;    off += L->kpa;
+    L->off_s = off;    off += 4 * L->nga;
+    L->off_sum = off;  off += 4 * L->nga;
+    if (fmt == FMT_INT4) {
+        L->off_qn = off;   off += L->kpa;
+        L->off_corr = off; off += 4 * (L->kpa / 8);
+        L->off_sl = off;   off += 4 * (L->kpa / 8);
+    } else if (fmt == FMT_INT8) {
+        L->off_corr = off; off += 4 * (L->kpa / 4);
+        L->off_sl = off;   off += 4 * (L->kpa / 4);
+    }
+    L->stride = (off + 63) / 64 * 64;
+}
+
+size_t kernels_scratch_bytes(int64_t kp) {
+    /* one packed panel: KERNEL_PANEL rows x kpa bytes + per-group scales; generous */
+    int64_t kpa = (kp + 255) / 256 * 256;
+    return (size_t)(KERNEL_PANEL * kpa + 4 * KERNEL_PANEL * (kpa / 32 + 16) + 4096);
+}
+
+size_t attn_scratch_floats(int64_t R, int64_t hd) {
+    return (size_t)(R * hd + 2 * R + 16 * R + 64);
+}
+
+/* ------------------------------------------------------------------ activations */
+
+void quantize_scalar(const ActLayout *L, uint8_t *act, const float *x, int64_t g0, int64_t g1) {
+    const int64_t G = L->group, groups_q = L->kpa / G;
+    int8_t *q = (int8_t *)(act + L->off_q);
+    float *s = (float *)(act + L->off_s);
+    int32_t *sum = (int32_t *)(act + L->off_sum);
+    for (int64_t g = g0; g < g1; g++) {
+        if (g >= groups_q) { s[g] = 0.0f; sum[g] = 0; continue; }
+        float amax = 0.0f;
+        for (int64_t j = 0; j < G; j++) {
+            int64_t e = g * G + j;
+            float v = e < L->k ? fabsf(x[e]) : 0.0f;
+            amax = v > amax ? v : amax;
+        }
+        float d = amax / 127.0f;
+        int32_t acc = 0;
+        for (int64_t j = 0; j < G; j++) {
+            int64_t e = g * G + j;
+            float v = e < L->k ? x[e] : 0.0f;
+            float r = d != 0.0f ? nearbyintf(v / d) : 0.0f;  /* round half to even, as np.rint */
+            r = r > 127.0f ? 127.0f : (r < -127.0f ? -127.0f : r);
+            q[e] = (int8_t)r;
+            acc += (int32_t)r;
+        }
+        s[g] = d;
+        sum[g] = acc;
+    }
+    act_extras(L, act, g0, g1 < groups_q ? g1 : groups_q);
+}
+
+/* The per-lane arrays of the layout (qn, corr, sl) for groups [g0, g1), from q and s. */
+void act_extras(const ActLayout *L, uint8_t *act, int64_t g0, int64_t g1) {
+    const int64_t G = L->group, half = G / 2;
+    const int8_t *q = (const int8_t *)(act + L->off_q);
+    const float *s = (const float *)(act + L->off_s);
+    int32_t *corr = (int32_t *)(act + L->off_corr);
+    float *sl = (float *)(act + L->off_sl);
+    for (int64_t g = g0; g < g1; g++) {
+        if (L->fmt == FMT_INT4) {
+            int8_t *qn = (int8_t *)(act + L->off_qn);
+            for (int64_t j = 0; j < half; j++) {
+                int64_t p = g * half + j;  /* packed byte index within the row */
+                qn[(p / 64) * 128 + p % 64] = q[g * G + j];
+                qn[(p / 64) * 128 + 64 + p % 64] = q[g * G + half + j];
+            }
+            for (int64_t l = g * half / 4; l < (g + 1) * half / 4; l++) {
+                int64_t b = (l * 4) / 64, o = (l * 4) % 64;
+                int32_t t = 0;
+                for (int i = 0; i < 4; i++) t += qn[b * 128 + o + i] + qn[b * 128 + 64 + o + i];
+                corr[l] = -8 * t;
+                sl[l] = s[g];
+            }
+        } else if (L->fmt == FMT_INT8) {
+            for (int64_t l = g * G / 4; l < (g + 1) * G / 4; l++) {
+                corr[l] = -128 * (q[4 * l] + q[4 * l + 1] + q[4 * l + 2] + q[4 * l + 3]);
+                sl[l] = s[g];
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ matmul */
+
+static inline int32_t qweight(const QMat *w, const uint8_t *row, int64_t e) {
+    if (w->fmt == FMT_INT8) return ((const int8_t *)row)[e];
+    int64_t G = w->group, g = e / G, j = e % G, half = G / 2;
+    uint8_t b = row[g * half + (j % half)];
+    return (int32_t)(j < half ? (b & 0x0F) : (b >> 4)) - 8;
+}
+
+/* y (nt, N) [rows r0..r1) = W (N, K) @ x_t (K): per group exact int sums, then f32 scaling. */
+void qgemm_scalar(float *y, int64_t ldy, const QMat *w, const ActLayout *L, const uint8_t *act,
+                  int64_t nt, int64_t r0, int64_t r1, uint8_t *scratch) {
+    (void)scratch;
+    const int64_t G = w->group;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *row = w->data + r * w->row_bytes;
+        const uint16_t *sw = w->scales + r * w->ng;
+        for (int64_t t = 0; t < nt; t++) {
+            const uint8_t *a = act + t * L->stride;
+            const int8_t *q = (const int8_t *)(a + L->off_q);
+            const float *s = (const float *)(a + L->off_s);
+            float acc = 0.0f;
+            for (int64_t g = 0; g < w->ng; g++) {
+                int32_t isum = 0;
+                for (int64_t j = 0; j < G; j++) isum += qweight(w, row, g * G + j) * q[g * G + j];
+                acc += ((float)isum * s[g]) * f16_to_f32(sw[g]);
+            }
+            y[t * ldy + r] = acc;
+        }
+    }
+}
+
+static inline float fweight(const QMat *w, const uint8_t *row, int64_t e) {
+    if (w->fmt == FMT_F32) return ((const float *)row)[e];
+    if (w->fmt == FMT_F16) return f16_to_f32(((const uint16_t *)row)[e]);
+    return bf16_to_f32(((const uint16_t *)row)[e]);
+}
+
+void fgemm_scalar(float *y, int64_t ldy, const QMat *w, const float *x, int64_t ldx,
+                  int64_t nt, int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *row = w->data + r * w->row_bytes;
+        for (int64_t t = 0; t < nt; t++) {
+            const float *xt = x + t * ldx;
+            float acc = 0.0f;
+            for (int64_t e = 0; e < w->k; e++) acc += fweight(w, row, e) * xt[e];
+            y[t * ldy + r] = acc;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ attention */
+
+static inline float kv_at(const void *base, int64_t i, int kv_f16) {
+    return kv_f16 ? f16_to_f32(((const uint16_t *)base)[i]) : ((const float *)base)[i];
+}
+
+/* out (R, hd) = softmax(scale * q K^T) V over positions [0, limit[r]), one pass, online softmax. */
+void attn_scalar(float *out, const float *q, int64_t R, const int64_t *limit, const void *kt,
+                 const void *v, int64_t hd, float scale, int kv_f16, float *scratch) {
+    (void)scratch;
+    for (int64_t r = 0; r < R; r++) {
+        const float *qr = q + r * hd;
+        float *o = out + r * hd;
+        float m = -INFINITY, l = 0.0f;
+        for (int64_t d = 0; d < hd; d++) o[d] = 0.0f;
+        for (int64_t s = 0; s < limit[r]; s++) {
+            int64_t blk = s / ATTN_BLOCK, j = s % ATTN_BLOCK;
+            float sc = 0.0f;
+            for (int64_t d = 0; d < hd; d++) sc += qr[d] * kv_at(kt, (blk * hd + d) * ATTN_BLOCK + j, kv_f16);
+            sc *= scale;
+            if (sc > m) {
+                float c = expf(m - sc);
+                l *= c;
+                for (int64_t d = 0; d < hd; d++) o[d] *= c;
+                m = sc;
+            }
+            float p = expf(sc - m);
+            l += p;
+            for (int64_t d = 0; d < hd; d++) o[d] += p * kv_at(v, s * hd + d, kv_f16);
+        }
+        float inv = l > 0.0f ? 1.0f / l : 0.0f;
+        for (int64_t d = 0; d < hd; d++) o[d] *= inv;
+    }
+}
+
+void silu_mul_scalar(float *g, const float *u, int64_t n) {
+    for (int64_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+const Kernels kernels_scalar = {"scalar", quantize_scalar, qgemm_scalar, fgemm_scalar, attn_scalar, silu_mul_scalar};

@@ -1,0 +1,233 @@
+"""`cactus bench`: prefill and decode speed, time to first token, memory, and the effective weight
+bandwidth next to the machine's own read bandwidth, measured in the same run.
+
+    cactus bench [MODEL_DIR] [--synthetic NAME] [--quant int4|int8] [--prompt N] [--gen N]
+                 [--threads T] [--runs R] [--json]
+
+Effective weight bandwidth = bytes of weights read per decoded token (active experts only, plus
+the dense parts and the LM head) x decode tok/s. Memory bandwidth is measured in a child process
+(so its buffer never shows in our RSS) just before and just after the decode runs; this machine's
+bandwidth moves between levels, so both are printed. Peak anonymous RSS is sampled from
+/proc/self/status (RssAnon; mmap'ed weights count as RssFile, not anonymous); peak RSS is VmHWM.
+Python overhead = decode wall time minus time inside kernels (counted by the binding).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _status_kb(field: str) -> int:
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class AnonSampler:
+    """Peak RssAnon (and RssShmem, which should stay ~0), sampled every few milliseconds on a
+    thread (kernels release the GIL)."""
+
+    def __init__(self, period: float = 0.005):
+        self.period, self.peak_kb, self.peak_shmem_kb, self._stop = period, 0, 0, threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.period)
+
+    def sample(self) -> None:
+        self.peak_kb = max(self.peak_kb, _status_kb("RssAnon"))
+        self.peak_shmem_kb = max(self.peak_shmem_kb, _status_kb("RssShmem"))
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.sample()
+
+
+def _read_bandwidth(threads: int, mib: int, reps: int) -> float:
+    """Best-of-`reps` GB/s of `threads` kernel threads streaming a fresh `mib` MiB buffer."""
+    from . import ops
+
+    ops.set_threads(threads)
+    buf = np.ones(mib << 20, np.uint8)
+    ops.read_memory(buf)
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        ops.read_memory(buf)
+        times.append(time.perf_counter() - t)
+    return buf.nbytes / min(times) / 1e9
+
+
+def measure_bandwidth(threads: int, mib: int = 512, reps: int = 7) -> float:
+    """_read_bandwidth in a child process, so its buffer never counts in this process's RSS."""
+    code = f"from cactus.bench import _read_bandwidth; print(_read_bandwidth({threads}, {mib}, {reps}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def weight_bytes_per_token(model) -> dict[str, int]:
+    """Bytes of weights one decoded token reads: every dense tensor once, A/E of each expert stack."""
+    from .models.lfm2 import MoE, ShortConv
+
+    net, dense, experts = model.net, 0, 0
+    for b in net.blocks:
+        dense += b.operator_norm.nbytes + b.ffn_norm.nbytes
+        op = b.op
+        if isinstance(op, ShortConv):
+            dense += op.in_proj.nbytes + op.out_proj.nbytes + op.conv.nbytes
+        else:
+            dense += sum(t.nbytes for t in (op.q_proj, op.k_proj, op.v_proj, op.out_proj)) + op.q_norm.nbytes * 2
+        f = b.ffn
+        if isinstance(f, MoE):
+            dense += f.gate.nbytes + (0 if f.expert_bias is None else f.expert_bias.nbytes)
+            e = f.w1.shape[0]
+            experts += (f.w1.nbytes + f.w3.nbytes + f.w2.nbytes) * f.top_k // e
+        else:
+            dense += f.w1.nbytes + f.w2.nbytes + f.w3.nbytes
+    head = net.lm_head.nbytes + net.norm.nbytes
+    row = net.embed.nbytes // net.embed.shape[0]
+    return {"dense": dense, "experts": experts, "lm_head": head, "embed_row": row,
+            "total": dense + experts + head + row}
+
+
+def warm_page_cache(model) -> float:
+    """Read every page of the weight file once (the page cache then holds it); returns seconds."""
+    from . import ops
+
+    t = time.perf_counter()
+    ops.read_memory(model.weights.file._mmap, 64)  # one 64-byte line per 4 KiB page
+    return time.perf_counter() - t
+
+
+def run(model_dir: Path, prompt: int, gen: int, runs: int, threads: int | None, seed: int = 0) -> dict:
+    from . import engine, ops
+
+    if threads:
+        ops.set_threads(threads)
+    nthreads = ops.threads()
+    res: dict = {"model": str(model_dir), "isa": ops.isa(), "threads": nthreads, "prompt": prompt, "gen": gen,
+                 "runs": runs}
+    with AnonSampler() as anon:
+        model = engine.load(model_dir, max_context=prompt + gen + 8)
+        res["quant"] = model.quant
+        res["page_cache_warm_s"] = warm_page_cache(model)
+        ids = np.random.default_rng(seed).integers(0, model.config.vocab_size, prompt)
+        logits = model.forward(ids[:8], last_only=True)  # warm-up: threads, first-touch of scratch
+        model.reset()
+        res["bw_before_gbs"] = measure_bandwidth(nthreads)
+        prefill, ttft, decode, overhead, team = [], [], [], [], []
+        for _ in range(runs):
+            model.reset()
+            t0 = time.perf_counter()
+            logits = model.forward(ids, last_only=True)
+            tok = int(logits.argmax())
+            t1 = time.perf_counter()
+            prefill.append(prompt / (t1 - t0))
+            ttft.append(t1 - t0)
+            ops.profile(True)
+            jobs0 = ops.pool_stats()
+            t2 = time.perf_counter()
+            for _ in range(gen):
+                tok = int(model.forward([tok], last_only=True).argmax())
+            wall = time.perf_counter() - t2
+            _, kernel_ns = ops.profile(False)
+            jobs1 = ops.pool_stats()
+            team.append((jobs1[0] - jobs0[0]) / max(1, jobs1[0] - jobs0[0] + jobs1[1] - jobs0[1]))
+            decode.append(gen / wall)
+            overhead.append(max(0.0, 1.0 - kernel_ns / 1e9 / wall))
+        res["bw_after_gbs"] = measure_bandwidth(nthreads)
+    wb = weight_bytes_per_token(model)
+    med = statistics.median
+    res.update({
+        "prefill_tps": med(prefill), "decode_tps": med(decode), "ttft_ms": med(ttft) * 1e3,
+        "prefill_tps_all": prefill, "decode_tps_all": decode,
+        "python_overhead_pct": med(overhead) * 100,
+        "decode_jobs_on_all_threads_pct": med(team) * 100,
+        "weight_bytes_per_token": wb["total"], "weight_bytes_detail": wb,
+        "effective_gbs": wb["total"] * med(decode) / 1e9,
+        "peak_rss_mb": _status_kb("VmHWM") / 1024, "peak_anon_rss_mb": anon.peak_kb / 1024,
+        "peak_shmem_rss_mb": anon.peak_shmem_kb / 1024,
+    })
+    bw = [res["bw_before_gbs"], res["bw_after_gbs"]]
+    res["bw_gbs"] = min(bw)
+    res["effective_pct_of_bw"] = 100 * res["effective_gbs"] / max(bw)
+    res["effective_pct_of_bw_low"] = 100 * res["effective_gbs"] / min(bw)
+    return res
+
+
+def format_result(r: dict) -> str:
+    bw = f"{r['bw_before_gbs']:.1f} before / {r['bw_after_gbs']:.1f} after decode"
+    return "\n".join([
+        f"model          {r['model']}  ({r['quant']}, {r['isa']}, {r['threads']} threads)",
+        f"prefill        {r['prefill_tps']:.1f} tok/s   ({r['prompt']} tokens; runs: "
+        + ", ".join(f"{x:.1f}" for x in r["prefill_tps_all"]) + ")",
+        f"time to first  {r['ttft_ms']:.0f} ms",
+        f"decode         {r['decode_tps']:.2f} tok/s   ({r['gen']} tokens; runs: "
+        + ", ".join(f"{x:.2f}" for x in r["decode_tps_all"]) + ")",
+        f"weights/token  {r['weight_bytes_per_token'] / 1e6:.1f} MB",
+        f"effective bw   {r['effective_gbs']:.1f} GB/s = {r['effective_pct_of_bw']:.0f}% of the higher measured "
+        f"({r['effective_pct_of_bw_low']:.0f}% of the lower)",
+        f"memory bw      {bw} GB/s ({r['threads']} threads, same run)",
+        f"peak RSS       {r['peak_rss_mb']:.0f} MB (VmHWM, includes mmap'ed weights)",
+        f"peak anon RSS  {r['peak_anon_rss_mb']:.0f} MB (RssAnon; shared memory peak {r['peak_shmem_rss_mb']:.0f} MB)",
+        f"python share   {r['python_overhead_pct']:.1f}% of decode time outside kernels",
+        f"threads        {r['decode_jobs_on_all_threads_pct']:.0f}% of decode jobs ran on all {r['threads']} threads "
+        f"(the rest on one: the pool measures which is faster on this machine now)",
+    ])
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cactus bench", description="Measure prefill/decode speed and memory.")
+    p.add_argument("model_dir", nargs="?", help="a converted model directory")
+    p.add_argument("--synthetic", metavar="NAME", help="random weights of a published shape (cactus.shapes)")
+    p.add_argument("--quant", default="int4", choices=["int4", "int8", "f16", "bf16", "f32"])
+    p.add_argument("--prompt", type=int, default=512, help="prompt tokens (default 512)")
+    p.add_argument("--gen", type=int, default=64, help="decoded tokens (default 64)")
+    p.add_argument("--threads", type=int, help="kernel threads (default: CACTUS_THREADS or physical cores)")
+    p.add_argument("--runs", type=int, default=3, help="runs; medians are reported (default 3)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if bool(args.model_dir) == bool(args.synthetic):
+        parser().error("give a MODEL_DIR or --synthetic NAME (one of them)")
+    if args.synthetic:
+        from . import shapes
+
+        if args.synthetic not in shapes.SHAPES:
+            parser().error(f"unknown shape {args.synthetic!r} (one of {', '.join(shapes.SHAPES)})")
+        # written by a child process, so its buffers never count in this process's memory
+        out = subprocess.run([sys.executable, "-m", "cactus.synthetic", args.synthetic, args.quant],
+                             stdout=subprocess.PIPE, text=True, check=True)
+        model_dir = Path(out.stdout.strip().splitlines()[-1])
+    else:
+        model_dir = Path(args.model_dir)
+    r = run(model_dir, args.prompt, args.gen, args.runs, args.threads)
+    print(json.dumps(r) if args.json else format_result(r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

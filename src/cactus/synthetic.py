@@ -1,0 +1,172 @@
+"""Random-weight models of the published shapes, written straight into our format (for `cactus bench`).
+
+Quantized tensors are made directly in their stored layout (random int8 / packed int4 bytes and
+fp16 scales sized so each layer keeps unit-scale activations), so a 13 GB model takes disk speed,
+not quantization time. Tensor names, formats and metadata are exactly convert.py's.
+Cached under ~/.cache/cactus/synthetic/NAME-QUANT (or $CACTUS_CACHE); written once, atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from . import shapes
+from .config import ModelConfig
+from .convert import default_embed_quant, weight_format
+from .quant import DEFAULT_GROUP, padded
+from .weights import FORMAT_VERSION, WEIGHTS_FILE, PlannedTensor, stored_layout, write_safetensors
+
+UNIFORM_STD = {"int8": 73.3, "int4": 4.61}  # std of uniform random stored values (q in [-127,127] / [-8,7])
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CACTUS_CACHE") or Path.home() / ".cache" / "cactus") / "synthetic"
+
+
+def logical_tensors(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Our tensor names and logical shapes for a config (as convert.py writes them)."""
+    d, hd, L = cfg.hidden_size, cfg.head_dim, cfg.conv_L_cache
+    out = {"model.embed_tokens.weight": (cfg.vocab_size, d), "model.embedding_norm.weight": (d,)}
+    for i in range(cfg.num_hidden_layers):
+        p = f"model.layers.{i}."
+        out[p + "operator_norm.weight"] = (d,)
+        out[p + "ffn_norm.weight"] = (d,)
+        if cfg.is_attention(i):
+            a = p + "self_attn."
+            out.update({a + "q_proj.weight": (cfg.num_attention_heads * hd, d),
+                        a + "k_proj.weight": (cfg.num_key_value_heads * hd, d),
+                        a + "v_proj.weight": (cfg.num_key_value_heads * hd, d),
+                        a + "out_proj.weight": (d, cfg.num_attention_heads * hd),
+                        a + "q_layernorm.weight": (hd,), a + "k_layernorm.weight": (hd,)})
+        else:
+            c = p + "conv."
+            out.update({c + "in_proj.weight": (3 * d, d), c + "out_proj.weight": (d, d), c + "conv.weight": (d, 1, L)})
+        f = p + "feed_forward."
+        if cfg.is_moe_layer(i):
+            e, im = cfg.num_experts, cfg.moe_intermediate_size
+            out.update({f + "gate.weight": (e, d), f + "experts.w1.weight": (e, im, d),
+                        f + "experts.w3.weight": (e, im, d), f + "experts.w2.weight": (e, d, im)})
+            if cfg.use_expert_bias:
+                out[f + "expert_bias"] = (e,)
+        else:
+            ff = cfg.intermediate_size
+            out.update({f + "w1.weight": (ff, d), f + "w3.weight": (ff, d), f + "w2.weight": (d, ff)})
+    return out
+
+
+def _producers(name: str, fmt: str, shape: tuple[int, ...], group: int, seed: int) -> list[Callable[[], np.ndarray]]:
+    """Makers of the stored arrays (data, then scales for int formats), in stored_layout order."""
+    layout = stored_layout(fmt, shape, group)
+
+    def rng():
+        return np.random.default_rng([seed, len(name), sum(name.encode())])
+
+    if fmt in ("int8", "int4"):
+        (dshape, _), (sshape, _) = layout
+        k = shape[-1]
+
+        def data():
+            raw = np.frombuffer(rng().bytes(int(np.prod(dshape))), np.uint8).reshape(dshape)
+            if fmt == "int4":
+                return raw.copy()
+            q = raw.view(np.int8).copy()
+            np.maximum(q, -127, out=q)  # int8 weights stay in [-127, 127]
+            kp = padded(k, group)
+            if kp != k:
+                q[..., k:] = 0
+            return q
+
+        def scales():
+            s = (1.0 / np.sqrt(k)) / UNIFORM_STD[fmt]
+            return (s * rng().uniform(0.8, 1.2, sshape)).astype(np.float16)
+
+        return [data, scales]
+
+    def floats():
+        r = rng()
+        if "norm" in name:
+            w = 1.0 + 0.1 * r.standard_normal(shape)
+        elif name.endswith("conv.weight"):
+            w = 0.5 * r.standard_normal(shape)
+        elif name.endswith("expert_bias"):
+            w = 0.01 * r.standard_normal(shape)
+        else:
+            w = r.standard_normal(shape) / np.sqrt(shape[-1])
+        w = w.astype(np.float32)
+        if fmt == "f32":
+            return w
+        if fmt == "f16":
+            return w.astype(np.float16)
+        return (w.view(np.uint32) >> 16).astype(np.uint16)
+
+    return [floats]
+
+
+def _nbytes(t: PlannedTensor) -> int:
+    return int(np.prod(t.shape)) * {"I8": 1, "U8": 1, "F16": 2, "BF16": 2}.get(t.dtype, 4)
+
+
+def write(name: str, quant: str, out_dir: str | Path, group: int = DEFAULT_GROUP, seed: int = 0,
+          progress: bool = True) -> Path:
+    """Write the random-weight model `name` (a key of shapes.SHAPES) in `quant` to out_dir."""
+    out_dir = Path(out_dir)
+    cfg_dict = shapes.config(name)
+    cfg = ModelConfig.from_dict(cfg_dict, f"shape {name}")
+    embed_quant = default_embed_quant(quant)
+    planned, info = [], {}
+    for tname, shape in logical_tensors(cfg).items():
+        fmt = weight_format(tname, shape, quant, embed_quant)
+        layout = stored_layout(fmt, shape, group)
+        makers = _producers(tname, fmt, shape, group, seed)
+        pieces = [tname] + ([tname + ".scales"] if len(layout) == 2 else [])
+        for piece, (sh, dt), make in zip(pieces, layout, makers, strict=True):
+            planned.append(PlannedTensor(piece, dt, sh, make))
+        info[tname] = {"fmt": fmt, "shape": list(shape), "group_size": group if fmt in ("int8", "int4") else 0}
+    metadata = {"format": "cactus", "cactus.format_version": str(FORMAT_VERSION),
+                "cactus.tensors": json.dumps(info, separators=(",", ":")), "cactus.synthetic": name}
+    total = sum(_nbytes(t) for t in planned)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        done = [0, 0.0]
+
+        def report(t: PlannedTensor) -> None:
+            done[0] += _nbytes(t)
+            if progress and (done[0] - done[1] > total / 100 or done[0] == total):
+                done[1] = done[0]
+                print(f"\rwriting {name} {quant}: {done[0] / 1e9:6.2f} / {total / 1e9:.2f} GB", end="",
+                      file=sys.stderr, flush=True)
+
+        write_safetensors(tmp / WEIGHTS_FILE, planned, metadata, progress=report)
+        if progress:
+            print(file=sys.stderr)
+        cfg_dict["cactus"] = {"format_version": FORMAT_VERSION, "quant": quant, "group_size": group,
+                              "embed_quant": embed_quant, "weights": WEIGHTS_FILE, "synthetic": name}
+        (tmp / "config.json").write_text(json.dumps(cfg_dict, indent=2) + "\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def ensure(name: str, quant: str, progress: bool = True) -> Path:
+    """The cached synthetic model directory, written first if missing."""
+    path = cache_dir() / f"{name}-{quant}"
+    if not (path / "config.json").exists():
+        write(name, quant, path, progress=progress)
+    return path
+
+
+if __name__ == "__main__":  # python -m cactus.synthetic NAME QUANT: write (or find) the cached model
+    print(ensure(sys.argv[1], sys.argv[2]))

@@ -1,0 +1,160 @@
+/* C-level kernel test: every table this CPU runs against the scalar table, on random data and
+ * awkward shapes, without Python. Built by tests/test_c.py with -fsanitize=address,undefined, and
+ * cross-built for AArch64 (run under qemu-aarch64) to check the NEON file.
+ * Prints "N passed, N failed" and exits non-zero on any failure.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "driver.h"
+
+static int passed, failed;
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+
+static uint32_t rnd(void) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (uint32_t)(rng_state >> 11);
+}
+static float frand(void) { return (float)(rnd() % 20001) / 10000.0f - 1.0f; }
+
+static void check(const char *what, const char *isa, const float *got, const float *want, int64_t n, float tol) {
+    float worst = 0.0f, scale = 1e-6f;
+    for (int64_t i = 0; i < n; i++) scale = fmaxf(scale, fabsf(want[i]));
+    for (int64_t i = 0; i < n; i++) worst = fmaxf(worst, fabsf(got[i] - want[i]) / scale);
+    if (worst <= tol && worst == worst) passed++;
+    else { failed++; printf("FAIL %s [%s]: max rel diff %g\n", what, isa, worst); }
+}
+
+/* A random (N, K) weight in `fmt` (data + scales in the stored layout). */
+typedef struct { QMat m; uint8_t *data; uint16_t *scales; } Owned;
+
+static Owned make_weight(int fmt, int64_t n, int64_t k, int group) {
+    Owned o;
+    memset(&o, 0, sizeof o);
+    QMat *m = &o.m;
+    m->fmt = fmt; m->n = n; m->k = k; m->group = fmt >= FMT_INT8 ? group : 0;
+    m->kp = fmt >= FMT_INT8 ? (k + group - 1) / group * group : k;
+    m->ng = fmt >= FMT_INT8 ? m->kp / group : 0;
+    m->row_bytes = fmt == FMT_INT4 ? m->kp / 2 : fmt == FMT_INT8 ? m->kp : fmt == FMT_F32 ? 4 * k : 2 * k;
+    o.data = malloc((size_t)(n * m->row_bytes));
+    for (int64_t r = 0; r < n; r++)
+        for (int64_t e = 0; e < m->row_bytes; e++) {
+            uint8_t *b = o.data + r * m->row_bytes + e;
+            if (fmt == FMT_INT8) { int v = (int)(rnd() % 255) - 127; *b = (uint8_t)(int8_t)(e < k ? v : 0); }
+            else if (fmt == FMT_INT4) *b = (uint8_t)rnd();
+            else if (fmt == FMT_F32) { if (e % 4 == 0) { float f = frand(); memcpy(b, &f, 4); } }
+            else if (e % 2 == 0) {
+                uint16_t h = fmt == FMT_F16 ? f32_to_f16(frand()) : (uint16_t)(0x3C00 + (rnd() % 0x400) - 0x200);
+                memcpy(b, &h, 2);
+            }
+        }
+    if (fmt >= FMT_INT8) {
+        o.scales = malloc((size_t)(n * m->ng) * 2);
+        for (int64_t i = 0; i < n * m->ng; i++) o.scales[i] = f32_to_f16(0.001f + 0.01f * (float)(rnd() % 100) / 100.0f);
+    }
+    m->data = o.data;
+    m->scales = o.scales;
+    return o;
+}
+
+static void test_gemm(const Kernels *k, int fmt, int64_t T, int64_t n, int64_t kk, int group) {
+    Owned w = make_weight(fmt, n, kk, group);
+    float *x = malloc((size_t)(T * kk) * 4), *y = malloc((size_t)(T * n) * 4), *ref = malloc((size_t)(T * n) * 4);
+    for (int64_t i = 0; i < T * kk; i++) x[i] = frand();
+    char what[96];
+    snprintf(what, sizeof what, "gemm fmt=%d T=%lld N=%lld K=%lld G=%d", fmt, (long long)T, (long long)n, (long long)kk, group);
+    if (fmt >= FMT_INT8) {
+        ActLayout L;
+        act_layout(&L, kk, group, fmt);
+        uint8_t *a = calloc((size_t)(T * L.stride), 1), *b = calloc((size_t)(T * L.stride), 1);
+        uint8_t *scr = malloc(kernels_scratch_bytes(w.m.kp) + 64);
+        for (int64_t t = 0; t < T; t++) {
+            k->quantize(&L, a + t * L.stride, x + t * kk, 0, L.nga);
+            kernels_scalar.quantize(&L, b + t * L.stride, x + t * kk, 0, L.nga);
+        }
+        if (memcmp(a, b, (size_t)(T * L.stride))) { failed++; printf("FAIL quantize [%s] %s\n", k->name, what); } else passed++;
+        k->qgemm(y, n, &w.m, &L, a, T, 0, n, scr);
+        kernels_scalar.qgemm(ref, n, &w.m, &L, b, T, 0, n, scr);
+        free(a); free(b); free(scr);
+        check(what, k->name, y, ref, T * n, 2e-5f);
+    } else {
+        k->fgemm(y, n, &w.m, x, kk, T, 0, n);
+        kernels_scalar.fgemm(ref, n, &w.m, x, kk, T, 0, n);
+        check(what, k->name, y, ref, T * n, 2e-5f);
+    }
+    free(x); free(y); free(ref); free(w.data); free(w.scales);
+}
+
+static void test_attn(const Kernels *k, int f16, int64_t R, int64_t hd, int64_t S) {
+    const int64_t nb = (S + 15) / 16, cap = nb * 16;
+    float *q = malloc((size_t)(R * hd) * 4), *o = malloc((size_t)(R * hd) * 4), *ref = malloc((size_t)(R * hd) * 4);
+    float *scr = malloc(attn_scratch_floats(R, hd) * 4);
+    int64_t *lim = malloc((size_t)R * 8);
+    const size_t es = f16 ? 2 : 4;
+    uint8_t *kt = calloc((size_t)(cap * hd), es), *v = calloc((size_t)(cap * hd), es);
+    for (int64_t i = 0; i < R * hd; i++) q[i] = 2.0f * frand();
+    for (int64_t i = 0; i < cap * hd; i++) {
+        float a = frand(), b = frand();
+        if (f16) { ((uint16_t *)kt)[i] = f32_to_f16(a); ((uint16_t *)v)[i] = f32_to_f16(b); }
+        else { ((float *)kt)[i] = a; ((float *)v)[i] = b; }
+    }
+    for (int64_t r = 0; r < R; r++) lim[r] = S - (R - 1 - r) / 4;  /* causal: later rows see more */
+    k->attn(o, q, R, lim, kt, v, hd, 1.0f / sqrtf((float)hd), f16, scr);
+    kernels_scalar.attn(ref, q, R, lim, kt, v, hd, 1.0f / sqrtf((float)hd), f16, scr);
+    char what[64];
+    snprintf(what, sizeof what, "attention f16=%d R=%lld hd=%lld S=%lld", f16, (long long)R, (long long)hd, (long long)S);
+    check(what, k->name, o, ref, R * hd, 2e-5f);
+    free(q); free(o); free(ref); free(scr); free(lim); free(kt); free(v);
+}
+
+int main(void) {
+    const char *names[] = {"avx2", "avx512", "avx512-nogfni", "neon"};
+    const Kernels *tables[5];
+    const char *shown[5] = {"scalar"};
+    int nt = 0;
+    tables[nt++] = &kernels_scalar;
+    for (int i = 0; i < 4; i++)
+        if (kernels_by_name(names[i])) { shown[nt] = names[i]; tables[nt++] = kernels_by_name(names[i]); }
+    printf("levels:");
+    for (int i = 0; i < nt; i++) printf(" %s", shown[i]);
+    printf("\n");
+    static const int64_t shapes[][3] = {{1, 1, 32}, {1, 37, 100}, {1, 64, 2048}, {3, 33, 96}, {5, 17, 64},
+                                        {9, 50, 300}, {17, 40, 200}, {1, 3, 1056}};
+    for (int t = 1; t < nt; t++) {
+        const Kernels *k = tables[t];
+        for (int fmt = 0; fmt <= FMT_INT4; fmt++)
+            for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
+                test_gemm(k, fmt, shapes[s][0], shapes[s][1], shapes[s][2], 32);
+        test_gemm(k, FMT_INT8, 6, 20, 256, 64);
+        test_gemm(k, FMT_INT4, 1, 20, 384, 128);
+        test_gemm(k, FMT_INT4, 10, 20, 384, 128);
+        for (int f16 = 0; f16 < 2; f16++) {
+            test_attn(k, f16, 4, 64, 1);
+            test_attn(k, f16, 4, 64, 37);
+            test_attn(k, f16, 12, 64, 300);
+            test_attn(k, f16, 3, 16, 20);
+            test_attn(k, f16, 4, 12, 33);
+        }
+    }
+    /* the driver end to end on the best table with two threads: linear twice (pool reuse) */
+    Arena arena = {NULL, 0, ATOMIC_FLAG_INIT};
+    Ctx c = {kernels_best(), pool_new(2), &arena};
+    Owned w = make_weight(FMT_INT4, 70, 96, 32);
+    float x[3 * 96], y[3 * 70], ref[3 * 70];
+    for (int i = 0; i < 3 * 96; i++) x[i] = frand();
+    for (int rep = 0; rep < 2; rep++) {
+        drv_linear(&c, y, x, 3, &w.m);
+        Ctx s = {&kernels_scalar, c.pool, NULL};
+        drv_linear(&s, ref, x, 3, &w.m);
+        check("driver linear", c.k->name, y, ref, 3 * 70, 2e-5f);
+    }
+    pool_free(c.pool);
+    free(arena.p);
+    free(w.data); free(w.scales);
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed != 0;
+}

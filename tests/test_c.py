@@ -1,0 +1,107 @@
+"""The C kernel test (tests/c/test_kernels.c) built and run from pytest: natively with
+AddressSanitizer + UBSan at every ISA level this CPU has, and cross-built for AArch64 (NEON +
+dotprod) under qemu. Each is skipped cleanly where its compiler or emulator is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+K = ROOT / "src" / "cactus" / "_kernels"
+COMMON = ["kernels_scalar.c", "dispatch.c", "driver.c", "small.c", "pool.c"]
+X86 = {"kernels_avx2.c": ["-mavx2", "-mfma", "-mf16c"],
+       "kernels_avx512.c": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mgfni",
+                         "-mavx2", "-mfma", "-mf16c"]}
+ARM = {"kernels_neon.c": ["-march=armv8.2-a+dotprod"]}
+
+
+def build(cc: str, out: Path, isa: dict[str, list[str]], flags: list[str], link: list[str]) -> None:
+    objs = []
+    for src, extra in isa.items():
+        obj = out.with_name(src + ".o")
+        subprocess.run([cc, *flags, *extra, f"-I{K}", "-c", str(K / src), "-o", str(obj)], check=True)
+        objs.append(str(obj))
+    srcs = [str(ROOT / "tests" / "c" / "test_kernels.c")] + [str(K / s) for s in COMMON]
+    subprocess.run([cc, *flags, f"-I{K}", *srcs, *objs, "-lm", "-pthread", *link, "-o", str(out)], check=True)
+
+
+def check_output(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert " 0 failed" in proc.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="no gcc")
+def test_native_with_sanitizers(tmp_path):
+    isa = X86 if platform.machine().lower() in ("x86_64", "amd64") else {}
+    flags = ["-O1", "-g", "-std=gnu11", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
+    exe = tmp_path / "test_kernels"
+    build("gcc", exe, isa, flags, [])
+    proc = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
+    check_output(proc)
+
+
+CROSS = shutil.which("aarch64-linux-gnu-gcc") and shutil.which("qemu-aarch64")
+
+
+@pytest.mark.skipif(not CROSS, reason="needs aarch64-linux-gnu-gcc and qemu-aarch64 "
+                                      "(apt-get install gcc-aarch64-linux-gnu qemu-user)")
+@pytest.mark.parametrize("cpu,level", [("max", "neon"), ("cortex-a53", "scalar")])
+def test_neon_under_qemu(tmp_path, cpu, level):
+    """cortex-a53 has no dotprod: dispatch must fall back to scalar there."""
+    exe = tmp_path / "test_kernels_arm"
+    build("aarch64-linux-gnu-gcc", exe, ARM, ["-O2", "-std=gnu11", "-static"], [])
+    proc = subprocess.run(["qemu-aarch64", "-cpu", cpu, str(exe)], capture_output=True, text=True, timeout=300)
+    check_output(proc)
+    assert proc.stdout.splitlines()[0].split()[1:] == (["scalar", "neon"] if level == "neon" else ["scalar"])
+
+
+ASAN_SCRIPT = """
+import importlib.util, pathlib, sys, tempfile
+import numpy as np
+import cactus
+spec = importlib.util.spec_from_file_location("cactus._kernels", sys.argv[1])
+mod = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mod)
+sys.modules["cactus._kernels"] = cactus._kernels = mod
+from cactus import engine, synthetic, shapes
+from cactus.config import ModelConfig
+tmp = pathlib.Path(tempfile.mkdtemp())
+for kind in ("dense", "moe"):
+    cfg = dict(shapes.config("lfm2-8b-a1b" if kind == "moe" else "lfm2-350m"), vocab_size=300, hidden_size=64,
+               num_attention_heads=4, num_key_value_heads=2, intermediate_size=96, moe_intermediate_size=40,
+               num_experts=6, num_experts_per_tok=2, num_hidden_layers=4, num_dense_layers=1,
+               layer_types=["conv", "full_attention", "conv", "full_attention"], block_ff_dim=96)
+    shapes.SHAPES["tiny"] = cfg
+    for quant in ("int4", "int8", "f32", "f16"):
+        m = engine.load(synthetic.write("tiny", quant, tmp / f"{kind}-{quant}", progress=False))
+        ids = np.random.default_rng(0).integers(0, 300, 120)
+        m.forward(ids[:70])
+        for t in ids[70:80]:
+            m.forward([int(t)], last_only=True)
+        m.forward(ids[80:], last_only=True)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="no gcc")
+def test_extension_under_address_sanitizer(tmp_path):
+    """The whole extension (driver, pool, binding) built with ASan, driving small models end to end."""
+    libasan = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    if not libasan or not Path(libasan).exists():
+        pytest.skip("libasan not found")
+    env = dict(os.environ, CFLAGS="-fsanitize=address -fno-omit-frame-pointer -g", LDFLAGS="-fsanitize=address")
+    subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--build-lib", str(tmp_path / "lib"),
+                    "--build-temp", str(tmp_path / "tmp")], cwd=ROOT, env=env, check=True, capture_output=True)
+    so = next((tmp_path / "lib" / "cactus").glob("_kernels*.so"))
+    run_env = dict(os.environ, LD_PRELOAD=libasan, ASAN_OPTIONS="detect_leaks=0", CACTUS_THREADS="2")
+    proc = subprocess.run([sys.executable, "-c", ASAN_SCRIPT, str(so)], env=run_env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-4000:]
