@@ -263,3 +263,21 @@ def test_run_ctrl_c_stops_the_answer_not_the_program(model_dir):
     assert "[stopped]" in err.getvalue()
     assert second == " one two three four five six seven"
     assert first and second.startswith(first) and first != second  # the stopped answer, as far as it got
+
+
+def test_bench_synthetic_tiny_reports_speed_memory_and_bandwidth(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "cactus.cli", "bench", "--synthetic", "tiny", "--quant", "int4",
+                        "--prompt", "16", "--gen", "4", "--runs", "1", "--json"], capture_output=True, text=True,
+                       timeout=600, env=dict(os.environ, CACTUS_CACHE=str(tmp_path)))
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    for key in ("prefill_tps", "decode_tps", "ttft_ms", "peak_rss_mb", "peak_anon_rss_mb", "effective_gbs",
+                "bw_gbs"):
+        assert result[key] > 0, key
+    assert (tmp_path / "synthetic" / "tiny-int4" / "model.safetensors").is_file()
+
+
+def test_build_rebuilds_kernels_and_reports_the_isa():
+    r = cactus("build")
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"this machine runs (avx512|avx2|neon|scalar)", r.stdout)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from helpers import hf_logits, load_dequantized_into, make_hf_model
 
+from cactus import ops
 from cactus.convert import convert
 from cactus.engine import load
 
@@ -76,13 +77,35 @@ def test_cached_decode_matches_prefill(case, tmp_path):
 
 @pytest.mark.parametrize("quant", ["f16", "bf16", "int8", "int4"])
 def test_stored_weights_compute_exactly(case, tmp_path, quant):
-    """Same (dequantized) weights in transformers and in our engine: the same logits."""
+    """Same (dequantized) weights in transformers and in our engine's reference ops: the same
+    logits. (The int kernels also quantize activations: see the next test.)"""
     hf_dir, model, ids = case
     out = convert(hf_dir, tmp_path / quant, quant=quant)
-    ours = load(out).forward(ids)
+    with ops.use("ref"):
+        ours = load(out).forward(ids)
     oracle = copy.deepcopy(model)
     load_dequantized_into(oracle, out)
     assert rel_err(ours, hf_logits(oracle, ids)) < 1e-4
+
+
+@pytest.mark.parametrize("quant", ["int8", "int4"])
+def test_kernels_follow_the_reference_on_whole_models(case, tmp_path, quant):
+    """The C kernels (int8 activations, f16 KV cache) against the exact reference path on the same
+    weights, prefill then cached decode. Random tiny models are chaotic (a flipped MoE route
+    changes a token's whole FFN), so this bounds the divergence rather than asking for equality."""
+    hf_dir, model, ids = case
+    out = convert(hf_dir, tmp_path / quant, quant=quant)
+    with ops.use("ref"):
+        ref = load(out).forward(ids)
+    m = load(out)
+    ours = np.concatenate([m.forward(ids[:12])] + [m.forward(ids[i:i + 1]) for i in range(12, len(ids))])
+    divergence, top1 = kl(ref, ours), (ours.argmax(-1) == ref.argmax(-1)).mean()
+    print(f"kernels vs reference: KL {divergence:.2e}, top-1 {top1:.3f}")
+    # measured: dense <= 7.4e-4; MoE up to 4.2e-2, where int8 activations flip a near-tied route.
+    # On a trained model the kernel path's perplexity equals transformers' (tests/test_demo.py).
+    moe = model.config.model_type == "lfm2_moe"
+    assert divergence < (0.1 if moe else 2e-3)
+    assert top1 >= (0.7 if moe else 0.9)
 
 
 def test_quantization_error_on_random_weights(tmp_path):
@@ -97,9 +120,10 @@ def test_quantization_error_on_random_weights(tmp_path):
     for quant in ("int8", "int4"):
         m = load(convert(hf_dir, tmp_path / quant, quant=quant))
         ours = []
-        for p in prompts:
-            m.reset()
-            ours.append(m.forward(p))
+        with ops.use("ref"):  # the weights' quantization error alone
+            for p in prompts:
+                m.reset()
+                ours.append(m.forward(p))
         ours = np.concatenate(ours)
         results[quant] = (kl(ref, ours), float((ours.argmax(-1) == ref.argmax(-1)).mean()))
     print("quantization error vs f32 (KL, top-1):", results)

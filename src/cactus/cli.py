@@ -88,20 +88,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    import os
     import subprocess
+    import tempfile
 
     root = Path(__file__).resolve().parents[2]
     if not (root / "setup.py").is_file():
         raise FileNotFoundError(f"cactus build rebuilds the kernels of a source checkout (no setup.py above "
                                 f"{Path(__file__).parent}); reinstall with pip to rebuild this installation")
     print(f"building the native kernels in {root} ...", file=sys.stderr)
-    r = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace", "--force"], cwd=root,
-                       stdout=None if args.verbose else subprocess.DEVNULL)
-    if r.returncode:
-        print("cactus build: error: the compiler failed (run with --verbose to see its output)", file=sys.stderr)
-        return EXIT_FAIL
+    (root / "build").mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root / "build") as tmp:
+        r = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--force", "--build-lib", tmp,
+                            "--build-temp", str(Path(tmp) / "obj")], cwd=root,
+                           stdout=None if args.verbose else subprocess.DEVNULL)
+        if r.returncode:
+            print("cactus build: error: the compiler failed (run with --verbose to see its output)",
+                  file=sys.stderr)
+            return EXIT_FAIL
+        for built in (Path(tmp) / "cactus").glob("_kernels*"):
+            # a rename, not a copy over the old file: a process that has it loaded keeps its mapping
+            os.replace(built, Path(__file__).parent / built.name)
     # a fresh interpreter loads the new extension
-    code = "from cactus import _kernels as k; print(k.isa(), ' '.join(k.supported()), k.threads())"
+    code = "from cactus import ops; print(ops.isa(), ' '.join(ops.supported()), ops.threads())"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if r.returncode:
         print(f"cactus build: error: the built kernels do not load: {r.stderr.strip().splitlines()[-1]}",
