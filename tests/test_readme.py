@@ -45,7 +45,8 @@ def sandbox(tmp_path_factory):
         (cache / "refs").mkdir(parents=True)
         (cache / "refs" / "main").write_text("0" * 40)
     (root / "work").mkdir()
-    env = dict(os.environ, HF_HOME=str(root / "hf_home"), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, HF_HOME=str(root / "hf_home"), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
+               CACTUS_CACHE=str(root / "cache"))
     return root / "work", env
 
 
@@ -57,8 +58,10 @@ def test_readme_command_runs(sandbox, command):
         argv += ["--max-tokens", "8"]
     if argv[1] == "serve":
         pytest.skip("cactus serve is exercised with the openai client in test_cli.py")
-    if argv[1] == "bench" and "--synthetic" in argv:
-        argv[argv.index("--synthetic") + 1] = "tiny"  # the real shapes take gigabytes
+    if argv[1] == "bench":
+        if "--synthetic" in argv:
+            argv[argv.index("--synthetic") + 1] = "tiny"  # the real shapes take gigabytes
+        argv += ["--runs", "1", "--prompt", "16", "--gen", "4"]
     r = subprocess.run([sys.executable, "-m", "cactus.cli", *argv[1:]], cwd=cwd, env=env, input="Hello\n",
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, f"{command}\n{r.stderr[-2000:]}"
