@@ -68,9 +68,8 @@ def test_perplexity_equals_transformers_on_the_same_weights(heldout_ids):
     """Our engine (C kernels, int8 weights) vs transformers f32 running the shipped weights
     dequantized: the same held-out perplexity within 0.1%."""
     import torch
-    from transformers import Lfm2MoeConfig, Lfm2MoeForCausalLM
-
     from helpers import hf_logits, load_dequantized_into
+    from transformers import Lfm2MoeConfig, Lfm2MoeForCausalLM
 
     cfg = json.loads((demo_path() / "config.json").read_text())
     cfg.pop("cactus")

@@ -9,10 +9,8 @@ The output is written under a temporary name and renamed into place only when co
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,7 +18,16 @@ import numpy as np
 
 from .config import ModelConfig
 from .quant import DEFAULT_GROUP, FORMATS, QUANTIZED
-from .weights import FORMAT_VERSION, WEIGHTS_FILE, SafetensorsFile, WeightError, plan_weight, write_safetensors
+from .weights import (
+    FORMAT_VERSION,
+    WEIGHTS_FILE,
+    SafetensorsFile,
+    WeightError,
+    cactus_section,
+    plan_weight,
+    staged_dir,
+    write_safetensors,
+)
 
 # Files that travel with the weights: tokenizer, chat template, generation defaults.
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "chat_template.json",
@@ -140,12 +147,7 @@ def convert(hf_dir: str | Path, out_dir: str | Path, quant: str = "int4", group_
     metadata = {"format": "cactus", "cactus.format_version": str(FORMAT_VERSION),
                 "cactus.tensors": json.dumps(info, separators=(",", ":"))}
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary directory
-    try:
+    with staged_dir(out_dir) as tmp:
         bar = None
         if progress:
             from tqdm import tqdm
@@ -159,17 +161,10 @@ def convert(hf_dir: str | Path, out_dir: str | Path, quant: str = "int4", group_
         for f in SIDE_FILES:
             if (hf_dir / f).exists():
                 shutil.copy2(hf_dir / f, tmp / f)
-        cfg_dict["cactus"] = {"format_version": FORMAT_VERSION, "quant": quant, "group_size": group_size,
-                              "embed_quant": embed_quant, "weights": WEIGHTS_FILE}
+        cfg_dict["cactus"] = cactus_section(quant, group_size, embed_quant)
         (tmp / "config.json").write_text(json.dumps(cfg_dict, indent=2) + "\n")
         from .engine import load
         load(tmp)  # validates every tensor against the config before the result is published
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +20,15 @@ from . import shapes
 from .config import ModelConfig
 from .convert import default_embed_quant, weight_format
 from .quant import DEFAULT_GROUP, padded
-from .weights import FORMAT_VERSION, WEIGHTS_FILE, PlannedTensor, stored_layout, write_safetensors
+from .weights import (
+    FORMAT_VERSION,
+    WEIGHTS_FILE,
+    PlannedTensor,
+    cactus_section,
+    staged_dir,
+    stored_layout,
+    write_safetensors,
+)
 
 UNIFORM_STD = {"int8": 73.3, "int4": 4.61}  # std of uniform random stored values (q in [-127,127] / [-8,7])
 
@@ -133,9 +139,7 @@ def write(name: str, quant: str, out_dir: str | Path, group: int = DEFAULT_GROUP
     metadata = {"format": "cactus", "cactus.format_version": str(FORMAT_VERSION),
                 "cactus.tensors": json.dumps(info, separators=(",", ":")), "cactus.synthetic": name}
     total = sum(_nbytes(t) for t in planned)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
+    with staged_dir(out_dir) as tmp:
         done = [0, 0.0]
 
         def report(t: PlannedTensor) -> None:
@@ -148,15 +152,8 @@ def write(name: str, quant: str, out_dir: str | Path, group: int = DEFAULT_GROUP
         write_safetensors(tmp / WEIGHTS_FILE, planned, metadata, progress=report)
         if progress:
             print(file=sys.stderr)
-        cfg_dict["cactus"] = {"format_version": FORMAT_VERSION, "quant": quant, "group_size": group,
-                              "embed_quant": embed_quant, "weights": WEIGHTS_FILE, "synthetic": name}
+        cfg_dict["cactus"] = cactus_section(quant, group, embed_quant, synthetic=name)
         (tmp / "config.json").write_text(json.dumps(cfg_dict, indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

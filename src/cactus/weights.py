@@ -8,11 +8,14 @@ The layout of our quantized tensors inside the container is in docs/FORMAT.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mmap
 import os
+import shutil
 import struct
-from collections.abc import Callable, Iterable
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,6 +185,31 @@ def stored_layout(fmt: str, shape: tuple[int, ...], group: int) -> list[tuple[tu
 
 
 # ----------------------------------------------------------------------------- writing
+
+@contextlib.contextmanager
+def staged_dir(out_dir: Path) -> Iterator[Path]:
+    """Yield an empty directory beside `out_dir`; on success it replaces `out_dir` by a rename, on
+    any failure (or Ctrl-C) it is removed: a model directory is never seen half-written."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary directory
+    try:
+        yield tmp
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def cactus_section(quant: str, group_size: int, embed_quant: str, **extra) -> dict:
+    """The `cactus` section of a converted model's config.json (docs/FORMAT.md)."""
+    return {"format_version": FORMAT_VERSION, "quant": quant, "group_size": group_size,
+            "embed_quant": embed_quant, "weights": WEIGHTS_FILE, **extra}
+
 
 @dataclass
 class PlannedTensor:
