@@ -64,8 +64,11 @@ def repl(model: Model, stdin: TextIO, stdout: TextIO, stderr: TextIO, tools: lis
             import readline  # noqa: F401  (line editing and history for input())
         except ImportError:
             pass
+        from .demo import DEMO_DIR
+
+        name = "the built-in demo model" if model.path.resolve() == DEMO_DIR.resolve() else model.path.name
         quant = getattr(model.engine, "quant", "")
-        stderr.write(f"cactus chat · {model.path.name} ({quant}) · /help for commands, Ctrl-D to leave\n")
+        stderr.write(f"cactus chat · {name} ({quant}) · /help for commands, Ctrl-D to leave\n")
 
     def conversation() -> list[dict]:
         return ([{"role": "system", "content": system}] if system else []) + history
