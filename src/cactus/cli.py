@@ -164,29 +164,30 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_download)
 
-    model_help = ("a model directory, a HuggingFace repo id (downloaded and converted on first use), "
-                  "or 'demo' (default: the built-in demo model)")
+    def add_model_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("model", nargs="?", default=None,
+                       help="a model directory, a HuggingFace repo id (downloaded and converted on first use), "
+                            "or 'demo' (default: the built-in demo model)")
+        p.add_argument("--quant", default="int4", choices=["f16", "int8", "int4"], help="for a model downloaded now")
+        p.add_argument("--context", type=int, default=None, help="context window in tokens (default: the model's)")
+
     r = sub.add_parser("run", help="chat with a model in the terminal",
                        description="Interactive chat: answers stream as they are generated, tok/s after each. "
                                    "Commands: /reset, /system TEXT, /tool TEXT, /help, /exit. End a line with "
                                    "\\ to continue it, or wrap several lines in \"\"\"; Ctrl-C stops an answer. "
                                    "Reads piped stdin too (one message per line).")
-    r.add_argument("model", nargs="?", default=None, help=model_help)
+    add_model_arguments(r)
     r.add_argument("--system", default=None, help="system prompt")
     r.add_argument("--tools", default=None, metavar="FILE.json", help="OpenAI-style tool schemas (a JSON array)")
-    r.add_argument("--quant", default="int4", choices=["f16", "int8", "int4"], help="for a model downloaded now")
-    r.add_argument("--context", type=int, default=None, help="context window in tokens (default: the model's)")
     add_sampling_arguments(r)
     r.set_defaults(func=cmd_run)
 
     v = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API",
                        description="POST /v1/chat/completions (streaming and tools), GET /v1/models, GET /health.")
-    v.add_argument("model", nargs="?", default=None, help=model_help)
+    add_model_arguments(v)
     v.add_argument("--host", default="127.0.0.1")
     v.add_argument("--port", type=int, default=8080)
     v.add_argument("--name", default=None, help="model id reported to clients")
-    v.add_argument("--quant", default="int4", choices=["f16", "int8", "int4"], help="for a model downloaded now")
-    v.add_argument("--context", type=int, default=None, help="context window in tokens (default: the model's)")
     v.add_argument("--verbose", action="store_true", help="log each request")
     v.set_defaults(func=cmd_serve)
 
