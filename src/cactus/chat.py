@@ -75,16 +75,22 @@ class ChatTemplate:
             raise ValueError(f"chat template: {e}") from None
 
 
+def _from_json(value: Any, what: str) -> Any:
+    """Callers may pass messages / tools as a JSON string: parse it, naming `what` on error."""
+    if not isinstance(value, (str, bytes)):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError as e:
+        raise ValueError(f"{what}: not valid JSON ({e})") from None
+
+
 def validate_messages(messages: Any) -> list[dict]:
     """Check a conversation -> a fresh plain copy (keys with value None dropped, as transformers does).
 
     Raises ValueError naming the first thing wrong, e.g. "messages[1].role: ...".
     """
-    if isinstance(messages, (str, bytes)):
-        try:
-            messages = json.loads(messages)
-        except ValueError as e:
-            raise ValueError(f"messages: not valid JSON ({e})") from None
+    messages = _from_json(messages, "messages")
     if not isinstance(messages, list) or not messages:
         raise ValueError("messages must be a non-empty list of {role, content} objects")
     out = []
@@ -127,11 +133,7 @@ def validate_tools(tools: Any) -> list[dict] | None:
     """
     if tools is None:
         return None
-    if isinstance(tools, (str, bytes)):
-        try:
-            tools = json.loads(tools)
-        except ValueError as e:
-            raise ValueError(f"tools: not valid JSON ({e})") from None
+    tools = _from_json(tools, "tools")
     if not isinstance(tools, list):
         raise ValueError("tools must be a list of tool schemas")
     out = []

@@ -205,9 +205,7 @@ def use(level: str) -> Iterator[None]:
     global _k
     if level not in ISAS:
         raise ValueError(f"unknown ISA {level!r} (one of {', '.join(ISAS)})")
-    _lib()
-    from . import _kernels as k
-
+    k = _ext()
     prev_k, prev_isa = _k, k.isa()
     try:
         if level == "ref":
@@ -221,43 +219,36 @@ def use(level: str) -> Iterator[None]:
         _k = prev_k
 
 
-def set_threads(n: int) -> None:
+def _ext():
+    """The extension module, initialised (also while the 'ref' level is in use)."""
     _lib()
-    from . import _kernels as k
+    from . import _kernels
 
-    k.set_threads(int(n))
+    return _kernels
+
+
+def set_threads(n: int) -> None:
+    _ext().set_threads(int(n))
 
 
 def threads() -> int:
-    _lib()
-    from . import _kernels as k
-
-    return k.threads()
+    return _ext().threads()
 
 
 def pool_stats() -> tuple[int, int]:
     """(kernel jobs run on all threads, jobs run on the calling thread alone) since start."""
-    _lib()
-    from . import _kernels as k
-
-    return k.pool_stats()
+    return _ext().pool_stats()
 
 
 def profile(on: bool) -> tuple[int, int]:
     """Start (True) or stop (False) counting time inside kernels; returns (calls, ns) counted since
     the previous call. Python overhead = wall time - kernel time."""
-    _lib()
-    from . import _kernels as k
-
-    return k.profile(on)
+    return _ext().profile(on)
 
 
 def read_memory(buf, stride: int = 1) -> int:
     """Stream buf with every kernel thread (the bandwidth probe of `cactus bench`)."""
-    _lib()
-    from . import _kernels as k
-
-    return k.read_memory(buf, stride)
+    return _ext().read_memory(buf, stride)
 
 
 def _weight(w: QTensor):
