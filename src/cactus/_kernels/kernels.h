@@ -64,6 +64,20 @@ typedef struct Kernels {
     void (*silu_mul)(float *g, const float *u, int64_t n);
 } Kernels;
 
+/* Decode streams weight rows from DRAM faster than the hardware prefetcher alone fetches them
+ * (measured on Zen 4: about half the read bandwidth without software prefetch). Rows are
+ * fetched PREFETCH_BYTES ahead into L2; the f16 scales are a second stream, fetched for the rows
+ * that far ahead too (without that, a demand miss on the scales stalls every few rows: 70% -> 80%
+ * of the read bandwidth with two threads). */
+#define PREFETCH_BYTES 8192
+static inline void prefetch_l2(const void *p) { __builtin_prefetch(p, 0, 2); }
+/* Scales of rows [r, r + nr) + the prefetch distance; call once per nr rows. */
+static inline void prefetch_scales(const QMat *w, int64_t r, int64_t nr) {
+    const int64_t ahead = PREFETCH_BYTES / (w->row_bytes > 0 ? w->row_bytes : 1) + 1;
+    const uint8_t *s = (const uint8_t *)(w->scales + (r + ahead) * w->ng);
+    for (int64_t b = 0; b < 2 * nr * w->ng; b += 64) prefetch_l2(s + b);
+}
+
 #define KERNEL_PANEL 16                      /* rows per packed panel (prefill) */
 #define ATTN_BLOCK 16                        /* positions per key block */
 size_t kernels_scratch_bytes(int64_t kp);    /* per-thread qgemm scratch */

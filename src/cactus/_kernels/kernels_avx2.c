@@ -125,6 +125,8 @@ static void qgemm_avx2(float *y, int64_t ldy, const QMat *w, const ActLayout *L,
     for (int64_t r = r0; r < r1; r++) {
         const uint8_t *row = w->data + r * w->row_bytes;
         const uint16_t *sw = w->scales + r * w->ng;
+        for (int64_t b = 0; b < w->row_bytes; b += 64) prefetch_l2(row + PREFETCH_BYTES + b);
+        prefetch_scales(w, r, 1);
         for (int64_t t = 0; t < nt; t++)
             y[t * ldy + r] = w->fmt == FMT_INT4 ? dot_int4(row, sw, w->ng, act + t * L->stride, L)
                                                 : dot_int8(row, sw, w->ng, act + t * L->stride, L);
