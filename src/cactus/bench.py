@@ -6,8 +6,9 @@ bandwidth next to the machine's own read bandwidth, measured in the same run.
 
 Effective weight bandwidth = bytes of weights read per decoded token (active experts only, plus
 the dense parts and the LM head) x decode tok/s. Memory bandwidth is measured in a child process
-(so its buffer never shows in our RSS) just before and just after the decode runs; this machine's
-bandwidth moves between levels, so both are printed. Peak anonymous RSS is sampled from
+(so its buffer never shows in our RSS) just before and just after every decode run, and each run's
+effective bandwidth is read against the mean of the two: machines like this one move between
+bandwidth levels within seconds, so only neighbouring measurements compare. Peak anonymous RSS is sampled from
 /proc/self/status (RssAnon; mmap'ed weights count as RssFile, not anonymous); peak RSS is VmHWM.
 Python overhead = decode wall time minus time inside kernels (counted by the binding).
 """
@@ -133,9 +134,7 @@ def run(model_dir: Path, prompt: int, gen: int, runs: int, threads: int | None, 
         res["page_cache_warm_s"] = warm_page_cache(model)
         ids = np.random.default_rng(seed).integers(0, model.config.vocab_size, prompt)
         logits = model.forward(ids[:8], last_only=True)  # warm-up: threads, first-touch of scratch
-        model.reset()
-        res["bw_before_gbs"] = measure_bandwidth(nthreads)
-        prefill, ttft, decode, overhead, team = [], [], [], [], []
+        prefill, ttft, decode, overhead, team, bw = [], [], [], [], [], []
         for _ in range(runs):
             model.reset()
             t0 = time.perf_counter()
@@ -144,6 +143,7 @@ def run(model_dir: Path, prompt: int, gen: int, runs: int, threads: int | None, 
             t1 = time.perf_counter()
             prefill.append(prompt / (t1 - t0))
             ttft.append(t1 - t0)
+            before = measure_bandwidth(nthreads)
             ops.profile(True)
             jobs0 = ops.pool_stats()
             t2 = time.perf_counter()
@@ -152,12 +152,13 @@ def run(model_dir: Path, prompt: int, gen: int, runs: int, threads: int | None, 
             wall = time.perf_counter() - t2
             _, kernel_ns = ops.profile(False)
             jobs1 = ops.pool_stats()
+            bw.append((before, measure_bandwidth(nthreads)))
             team.append((jobs1[0] - jobs0[0]) / max(1, jobs1[0] - jobs0[0] + jobs1[1] - jobs0[1]))
             decode.append(gen / wall)
             overhead.append(max(0.0, 1.0 - kernel_ns / 1e9 / wall))
-        res["bw_after_gbs"] = measure_bandwidth(nthreads)
     wb = weight_bytes_per_token(model)
     med = statistics.median
+    pct = [100 * wb["total"] * d / 1e9 / ((b0 + b1) / 2) for d, (b0, b1) in zip(decode, bw, strict=True)]
     res.update({
         "prefill_tps": med(prefill), "decode_tps": med(decode), "ttft_ms": med(ttft) * 1e3,
         "prefill_tps_all": prefill, "decode_tps_all": decode,
@@ -165,29 +166,27 @@ def run(model_dir: Path, prompt: int, gen: int, runs: int, threads: int | None, 
         "decode_jobs_on_all_threads_pct": med(team) * 100,
         "weight_bytes_per_token": wb["total"], "weight_bytes_detail": wb,
         "effective_gbs": wb["total"] * med(decode) / 1e9,
+        "bw_gbs_all": bw, "bw_gbs": med([(b0 + b1) / 2 for b0, b1 in bw]),
+        "effective_pct_of_bw_all": pct, "effective_pct_of_bw": med(pct),
         "peak_rss_mb": _status_kb("VmHWM") / 1024, "peak_anon_rss_mb": anon.peak_kb / 1024,
         "peak_shmem_rss_mb": anon.peak_shmem_kb / 1024,
     })
-    bw = [res["bw_before_gbs"], res["bw_after_gbs"]]
-    res["bw_gbs"] = min(bw)
-    res["effective_pct_of_bw"] = 100 * res["effective_gbs"] / max(bw)
-    res["effective_pct_of_bw_low"] = 100 * res["effective_gbs"] / min(bw)
     return res
 
 
 def format_result(r: dict) -> str:
-    bw = f"{r['bw_before_gbs']:.1f} before / {r['bw_after_gbs']:.1f} after decode"
+    per_run = zip(r["decode_tps_all"], r["bw_gbs_all"], r["effective_pct_of_bw_all"], strict=True)
+    runs = ", ".join(f"{d:.2f} at {(b0 + b1) / 2:.1f} GB/s = {p:.0f}%" for d, (b0, b1), p in per_run)
     return "\n".join([
         f"model          {r['model']}  ({r['quant']}, {r['isa']}, {r['threads']} threads)",
         f"prefill        {r['prefill_tps']:.1f} tok/s   ({r['prompt']} tokens; runs: "
         + ", ".join(f"{x:.1f}" for x in r["prefill_tps_all"]) + ")",
         f"time to first  {r['ttft_ms']:.0f} ms",
-        f"decode         {r['decode_tps']:.2f} tok/s   ({r['gen']} tokens; runs: "
-        + ", ".join(f"{x:.2f}" for x in r["decode_tps_all"]) + ")",
+        f"decode         {r['decode_tps']:.2f} tok/s   ({r['gen']} tokens)",
         f"weights/token  {r['weight_bytes_per_token'] / 1e6:.1f} MB",
-        f"effective bw   {r['effective_gbs']:.1f} GB/s = {r['effective_pct_of_bw']:.0f}% of the higher measured "
-        f"({r['effective_pct_of_bw_low']:.0f}% of the lower)",
-        f"memory bw      {bw} GB/s ({r['threads']} threads, same run)",
+        f"effective bw   {r['effective_gbs']:.1f} GB/s; median {r['effective_pct_of_bw']:.0f}% of the memory "
+        f"bandwidth measured around each run",
+        f"runs           {runs}",
         f"peak RSS       {r['peak_rss_mb']:.0f} MB (VmHWM, includes mmap'ed weights)",
         f"peak anon RSS  {r['peak_anon_rss_mb']:.0f} MB (RssAnon; shared memory peak {r['peak_shmem_rss_mb']:.0f} MB)",
         f"python share   {r['python_overhead_pct']:.1f}% of decode time outside kernels",
