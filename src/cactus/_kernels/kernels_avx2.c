@@ -74,8 +74,10 @@ static void quantize_avx2(const ActLayout *L, uint8_t *act, const float *x, int6
 
 /* ------------------------------------------------------------------ integer rows, G = 32 */
 
-/* int4: 32 packed bytes (2 groups) per step; lanes as in kernels.h (qn, corr, sl). */
-static float dot_int4(const uint8_t *row, const uint16_t *sw, int64_t ng, const uint8_t *act, const ActLayout *L) {
+/* int4, groups [g0, ng) of one row: 32 packed bytes (2 groups) per step; lanes as in kernels.h
+ * (qn, corr, sl). g0 is even. */
+static float dot_int4(const uint8_t *row, const uint16_t *sw, int64_t g0, int64_t ng, const uint8_t *act,
+                      const ActLayout *L) {
     const int8_t *qn = (const int8_t *)(act + L->off_qn);
     const int32_t *corr = (const int32_t *)(act + L->off_corr);
     const float *sl = (const float *)(act + L->off_sl);
@@ -83,7 +85,7 @@ static float dot_int4(const uint8_t *row, const uint16_t *sw, int64_t ng, const 
     const __m256i lo_idx = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
     __m256 f = _mm256_setzero_ps();
     uint8_t tail[32];
-    for (int64_t g = 0; g < ng; g += 2) {
+    for (int64_t g = g0; g < ng; g += 2) {
         const int64_t p = 16 * g, b = p / 64, h = (p % 64) / 32;  /* packed byte, 64-byte block, half */
         __m256i w;
         if (g + 2 <= ng) w = _mm256_loadu_si256((const __m256i *)(row + p));
@@ -101,6 +103,52 @@ static float dot_int4(const uint8_t *row, const uint16_t *sw, int64_t ng, const 
         f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), sc, f);
     }
     return hsum8(f);
+}
+
+/* Two int4 rows against one token, 8 groups (4 steps of 32 packed bytes) per iteration: the
+ * activation loads are shared and each row's 8 f16 scales are converted once, then spread to the
+ * lanes of each step (lanes 0-3: group 2j, 4-7: group 2j + 1). The last < 8 groups: dot_int4. */
+static void dot_int4_x2(float y[2], const uint8_t *ra, const uint8_t *rb, const uint16_t *swa, const uint16_t *swb,
+                        int64_t ng, const uint8_t *act, const ActLayout *L) {
+    const int8_t *qn = (const int8_t *)(act + L->off_qn);
+    const int32_t *corr = (const int32_t *)(act + L->off_corr);
+    const float *sl = (const float *)(act + L->off_sl);
+    const __m256i m0f = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    __m256 fa = _mm256_setzero_ps(), fb = _mm256_setzero_ps();
+    int64_t g = 0;
+    for (; g + 8 <= ng; g += 8) {
+        const __m256 sa8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(swa + g)));
+        const __m256 sb8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(swb + g)));
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            const int64_t p = 16 * g + 32 * j, b = g / 4 + j / 2, h = j % 2;
+            if (h == 0) {
+                prefetch_l2(ra + p + PREFETCH_BYTES);
+                prefetch_l2(rb + p + PREFETCH_BYTES);
+            }
+            const __m256i idx = _mm256_setr_epi32(2 * j, 2 * j, 2 * j, 2 * j, 2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1);
+            const __m256i xlo = _mm256_loadu_si256((const __m256i *)(qn + 128 * b + 32 * h));
+            const __m256i xhi = _mm256_loadu_si256((const __m256i *)(qn + 128 * b + 64 + 32 * h));
+            const __m256i c = _mm256_loadu_si256((const __m256i *)(corr + 16 * b + 8 * h));
+            const __m256 s = _mm256_loadu_ps(sl + 16 * b + 8 * h);
+            const __m256i wa = _mm256_loadu_si256((const __m256i *)(ra + p));
+            const __m256i wb = _mm256_loadu_si256((const __m256i *)(rb + p));
+            const __m256i pa = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(wa, m0f), xlo),
+                                                _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(wa, 4), m0f), xhi));
+            const __m256i pb = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(wb, m0f), xlo),
+                                                _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(wb, 4), m0f), xhi));
+            const __m256i ia = _mm256_add_epi32(_mm256_madd_epi16(pa, ones), c);
+            const __m256i ib = _mm256_add_epi32(_mm256_madd_epi16(pb, ones), c);
+            fa = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia), _mm256_mul_ps(_mm256_permutevar8x32_ps(sa8, idx), s), fa);
+            fb = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ib), _mm256_mul_ps(_mm256_permutevar8x32_ps(sb8, idx), s), fb);
+        }
+    }
+    y[0] = hsum8(fa);
+    y[1] = hsum8(fb);
+    if (g < ng) {
+        y[0] += dot_int4(ra, swa, g, ng, act, L);
+        y[1] += dot_int4(rb, swb, g, ng, act, L);
+    }
 }
 
 /* int8: one group (32 bytes) per step, |x| * (w with x's sign). */
@@ -122,14 +170,29 @@ static float dot_int8(const uint8_t *row, const uint16_t *sw, int64_t ng, const 
 static void qgemm_avx2(float *y, int64_t ldy, const QMat *w, const ActLayout *L, const uint8_t *act,
                        int64_t nt, int64_t r0, int64_t r1, uint8_t *scratch) {
     if (w->group != 32) { qgemm_scalar(y, ldy, w, L, act, nt, r0, r1, scratch); return; }
+    if (w->fmt == FMT_INT4) {  /* rows r and r + h in step, each one sequential stream (kernels_avx512.c) */
+        const int64_t h = (r1 - r0 + 1) / 2;
+        for (int64_t r = r0; r < r0 + h; r++) {
+            const int64_t rb = r + h < r1 ? r + h : r;
+            const uint8_t *ra_ = w->data + r * w->row_bytes, *rb_ = w->data + rb * w->row_bytes;
+            const uint16_t *sa_ = w->scales + r * w->ng, *sb_ = w->scales + rb * w->ng;
+            prefetch_scales(w, r, 1);
+            prefetch_scales(w, rb, 1);
+            for (int64_t t = 0; t < nt; t++) {
+                float out[2];
+                dot_int4_x2(out, ra_, rb_, sa_, sb_, w->ng, act + t * L->stride, L);
+                y[t * ldy + r] = out[0];
+                y[t * ldy + rb] = out[1];
+            }
+        }
+        return;
+    }
     for (int64_t r = r0; r < r1; r++) {
         const uint8_t *row = w->data + r * w->row_bytes;
         const uint16_t *sw = w->scales + r * w->ng;
         for (int64_t b = 0; b < w->row_bytes; b += 64) prefetch_l2(row + PREFETCH_BYTES + b);
         prefetch_scales(w, r, 1);
-        for (int64_t t = 0; t < nt; t++)
-            y[t * ldy + r] = w->fmt == FMT_INT4 ? dot_int4(row, sw, w->ng, act + t * L->stride, L)
-                                                : dot_int8(row, sw, w->ng, act + t * L->stride, L);
+        for (int64_t t = 0; t < nt; t++) y[t * ldy + r] = dot_int8(row, sw, w->ng, act + t * L->stride, L);
     }
 }
 
