@@ -11,7 +11,6 @@ with keyword literal arguments. `--plot` draws the training loss curve from <dir
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import math
 import sys
@@ -23,35 +22,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import demo_data  # noqa: E402
 
-CALL_START, CALL_END = "<|tool_call_start|>", "<|tool_call_end|>"
-
 
 def parse_tool_calls(text: str) -> list[tuple[str, dict]] | None:
-    """The calls in the first tool-call block of text, or None when absent or malformed."""
-    start = text.find(CALL_START)
-    end = text.find(CALL_END, start + len(CALL_START))
-    if start < 0 or end < 0:
-        return None
-    try:
-        tree = ast.parse(text[start + len(CALL_START): end].strip(), mode="eval").body
-    except SyntaxError:
-        return None
-    if not isinstance(tree, ast.List) or not tree.elts:
-        return None
-    calls = []
-    for node in tree.elts:
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)) or node.args:
-            return None
-        args = {}
-        for kw in node.keywords:
-            if kw.arg is None:
-                return None
-            try:
-                args[kw.arg] = ast.literal_eval(kw.value)
-            except ValueError:
-                return None
-        calls.append((node.func.id, args))
-    return calls
+    """The (name, arguments) of every well-formed call in text (cactus's own parser, the one the
+    API and server use), or None when there is none."""
+    from cactus.tools import extract_tool_calls
+
+    calls = extract_tool_calls(text)[1]
+    return [(c["name"], c["arguments"]) for c in calls] or None
 
 
 @torch.no_grad()
