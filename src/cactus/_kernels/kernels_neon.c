@@ -1,7 +1,7 @@
 /* NEON kernels (AArch64, compiled with -march=armv8.2-a+dotprod). Integer dots are sdot (s8 x s8):
- * int4 nibbles are unpacked to q = u - 8 so no correction is needed; each group's int32 sum is
- * scaled once, in the same order as the scalar reference. Every group size (multiple of 32) runs
- * here. Used only where the CPU reports dotprod (dispatch.c).
+ * G = 32 (the default) runs two rows and four groups at a time (dot2_g32); other group sizes
+ * (multiples of 32) unpack int4 nibbles to q = u - 8 and scale each group's int32 sum once, in
+ * the scalar reference's order. Used only where the CPU reports dotprod (dispatch.c).
  */
 #include <arm_neon.h>
 #include <math.h>
@@ -44,9 +44,89 @@ static float dot_int8(const uint8_t *row, const uint16_t *sw, int64_t ng, int64_
     return acc;
 }
 
+/* G = 32, two rows (a, b) against one token, 4 groups per step: the activation loads are shared,
+ * the 4 groups' int32 sums are gathered into one vector by pairwise adds and scaled as a vector,
+ * so no horizontal add and no serial scalar chain per group. int4 uses the stored nibble u = q + 8
+ * directly and takes 8 * sum(x) of each group back (exact in int32). The last < 4 groups go
+ * through dot_int4 / dot_int8. */
+static inline int32x4_t four_groups(const int32x4_t i[4]) {
+    return vpaddq_s32(vpaddq_s32(i[0], i[1]), vpaddq_s32(i[2], i[3]));  /* lane j = sum of i[j] */
+}
+
+static inline float32x4_t group_scales(const uint16_t *sw, const float *sx) {
+    __fp16 h[4];
+    memcpy(h, sw, 8);
+    return vmulq_f32(vcvt_f32_f16(vld1_f16(h)), vld1q_f32(sx));
+}
+
+static void dot2_g32(float y[2], const QMat *w, const uint8_t *ra, const uint8_t *rb, const uint16_t *sa,
+                     const uint16_t *sb, const uint8_t *act, const ActLayout *L) {
+    const int8_t *q = (const int8_t *)(act + L->off_q);
+    const float *s = (const float *)(act + L->off_s);
+    const int32_t *sum = (const int32_t *)(act + L->off_sum);
+    const int64_t ng = w->ng;
+    const uint8x16_t m0f = vdupq_n_u8(0x0F);
+    const int32x4_t zero = vdupq_n_s32(0);
+    float32x4_t fa = vdupq_n_f32(0.0f), fb = fa;
+    int64_t g = 0;
+    for (; g + 4 <= ng; g += 4) {
+        int32x4_t ia[4], ib[4];
+        for (int j = 0; j < 4; j++) {
+            const int8_t *x = q + 32 * (g + j);
+            const int8x16_t xl = vld1q_s8(x), xh = vld1q_s8(x + 16);
+            if (w->fmt == FMT_INT4) {
+                const uint8x16_t wa = vld1q_u8(ra + 16 * (g + j)), wb = vld1q_u8(rb + 16 * (g + j));
+                ia[j] = vdotq_s32(vdotq_s32(zero, vreinterpretq_s8_u8(vandq_u8(wa, m0f)), xl),
+                                  vreinterpretq_s8_u8(vshrq_n_u8(wa, 4)), xh);
+                ib[j] = vdotq_s32(vdotq_s32(zero, vreinterpretq_s8_u8(vandq_u8(wb, m0f)), xl),
+                                  vreinterpretq_s8_u8(vshrq_n_u8(wb, 4)), xh);
+            } else {
+                const int8_t *pa = (const int8_t *)ra + 32 * (g + j), *pb = (const int8_t *)rb + 32 * (g + j);
+                ia[j] = vdotq_s32(vdotq_s32(zero, vld1q_s8(pa), xl), vld1q_s8(pa + 16), xh);
+                ib[j] = vdotq_s32(vdotq_s32(zero, vld1q_s8(pb), xl), vld1q_s8(pb + 16), xh);
+            }
+        }
+        int32x4_t ga = four_groups(ia), gb = four_groups(ib);
+        if (w->fmt == FMT_INT4) {
+            const int32x4_t corr = vshlq_n_s32(vld1q_s32(sum + g), 3);
+            ga = vsubq_s32(ga, corr);
+            gb = vsubq_s32(gb, corr);
+        }
+        fa = vfmaq_f32(fa, vcvtq_f32_s32(ga), group_scales(sa + g, s + g));
+        fb = vfmaq_f32(fb, vcvtq_f32_s32(gb), group_scales(sb + g, s + g));
+    }
+    y[0] = vaddvq_f32(fa);
+    y[1] = vaddvq_f32(fb);
+    if (g < ng) {
+        const int64_t rest = ng - g, qo = 32 * g, bo = w->fmt == FMT_INT4 ? 16 * g : 32 * g;
+        if (w->fmt == FMT_INT4) {
+            y[0] += dot_int4(ra + bo, sa + g, rest, 32, q + qo, s + g);
+            y[1] += dot_int4(rb + bo, sb + g, rest, 32, q + qo, s + g);
+        } else {
+            y[0] += dot_int8(ra + bo, sa + g, rest, 32, q + qo, s + g);
+            y[1] += dot_int8(rb + bo, sb + g, rest, 32, q + qo, s + g);
+        }
+    }
+}
+
 static void qgemm_neon(float *y, int64_t ldy, const QMat *w, const ActLayout *L, const uint8_t *act,
                        int64_t nt, int64_t r0, int64_t r1, uint8_t *scratch) {
     (void)scratch;
+    if (w->group == 32) {  /* rows r and r + h in step, each one sequential stream (kernels_avx512.c) */
+        const int64_t h = (r1 - r0 + 1) / 2;
+        for (int64_t r = r0; r < r0 + h; r++) {
+            const int64_t rb = r + h < r1 ? r + h : r;
+            const uint8_t *ra_ = w->data + r * w->row_bytes, *rb_ = w->data + rb * w->row_bytes;
+            const uint16_t *sa_ = w->scales + r * w->ng, *sb_ = w->scales + rb * w->ng;
+            for (int64_t t = 0; t < nt; t++) {
+                float out[2];
+                dot2_g32(out, w, ra_, rb_, sa_, sb_, act + t * L->stride, L);
+                y[t * ldy + r] = out[0];
+                y[t * ldy + rb] = out[1];
+            }
+        }
+        return;
+    }
     for (int64_t r = r0; r < r1; r++) {
         const uint8_t *row = w->data + r * w->row_bytes;
         const uint16_t *sw = w->scales + r * w->ng;
