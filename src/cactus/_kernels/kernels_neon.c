@@ -1,5 +1,6 @@
 /* NEON kernels (AArch64, compiled with -march=armv8.2-a+dotprod). Integer dots are sdot (s8 x s8):
- * G = 32 (the default) runs two rows and four groups at a time (dot2_g32); other group sizes
+ * G = 32 (the default): decode runs two rows and four groups at a time (dot2_g32), prefill packs
+ * 4-row panels for sdot by element (panel4_gemm); other group sizes
  * (multiples of 32) unpack int4 nibbles to q = u - 8 and scale each group's int32 sum once, in
  * the scalar reference's order. Used only where the CPU reports dotprod (dispatch.c).
  */
@@ -109,9 +110,88 @@ static void dot2_g32(float y[2], const QMat *w, const uint8_t *ra, const uint8_t
     }
 }
 
+/* Prefill (nt >= 4 tokens, G = 32): 4 rows are packed into a panel where each 32-bit lane holds
+ * 4 signed weights of one row (int4 unpacked to q = u - 8, int8 as stored), group-major: vector c
+ * of group g holds elements 4c..4c+3 of the group for rows 0..3. Then per token, the group's 32
+ * activation bytes are two registers and `sdot` by element multiplies each weight vector by one
+ * 4-byte element of them: 8 sdot per (4 rows, token, group), one lane per row, scaled once. The
+ * weight vectors are loaded once per 4 tokens. */
+static void pack_panel4(int8_t *P, float *PS, const QMat *w, int64_t r0, int64_t r1) {
+    const int64_t ng = w->ng;
+    for (int i = 0; i < 4; i++) {
+        const int64_t r = r0 + i < r1 ? r0 + i : r1 - 1;  /* a short panel repeats its last row */
+        const uint8_t *row = w->data + r * w->row_bytes;
+        for (int64_t g = 0; g < ng; g++) {
+            int8_t q[32];
+            if (w->fmt == FMT_INT4)
+                for (int j = 0; j < 16; j++) {
+                    q[j] = (int8_t)((row[16 * g + j] & 0x0F) - 8);
+                    q[16 + j] = (int8_t)((row[16 * g + j] >> 4) - 8);
+                }
+            else
+                memcpy(q, row + 32 * g, 32);
+            for (int c = 0; c < 8; c++) memcpy(P + ((g * 8 + c) * 4 + i) * 4, q + 4 * c, 4);
+            PS[g * 4 + i] = f16_to_f32(w->scales[r * ng + g]);
+        }
+    }
+}
+
+#define SDOT8(A, X0, X1)                                                                       \
+    do {                                                                                       \
+        A = vdotq_laneq_s32(A, wv[0], X0, 0); A = vdotq_laneq_s32(A, wv[1], X0, 1);          \
+        A = vdotq_laneq_s32(A, wv[2], X0, 2); A = vdotq_laneq_s32(A, wv[3], X0, 3);          \
+        A = vdotq_laneq_s32(A, wv[4], X1, 0); A = vdotq_laneq_s32(A, wv[5], X1, 1);          \
+        A = vdotq_laneq_s32(A, wv[6], X1, 2); A = vdotq_laneq_s32(A, wv[7], X1, 3);          \
+    } while (0)
+
+static void panel4_gemm(float *y, int64_t ldy, const int8_t *P, const float *PS, int64_t ng, const ActLayout *L,
+                        const uint8_t *act, int64_t nt, int64_t rows) {
+    for (int64_t t0 = 0; t0 < nt; t0 += 4) {
+        const int tb = (int)(nt - t0 < 4 ? nt - t0 : 4);
+        const int8_t *q[4];
+        const float *s[4];
+        for (int t = 0; t < 4; t++) {
+            const uint8_t *a = act + (t0 + (t < tb ? t : tb - 1)) * L->stride;
+            q[t] = (const int8_t *)(a + L->off_q);
+            s[t] = (const float *)(a + L->off_s);
+        }
+        float32x4_t f0 = vdupq_n_f32(0.0f), f1 = f0, f2 = f0, f3 = f0;
+        for (int64_t g = 0; g < ng; g++) {
+            int8x16_t wv[8];
+            for (int c = 0; c < 8; c++) wv[c] = vld1q_s8(P + (g * 8 + c) * 16);
+            int32x4_t a0 = vdupq_n_s32(0), a1 = a0, a2 = a0, a3 = a0;
+            SDOT8(a0, vld1q_s8(q[0] + 32 * g), vld1q_s8(q[0] + 32 * g + 16));
+            SDOT8(a1, vld1q_s8(q[1] + 32 * g), vld1q_s8(q[1] + 32 * g + 16));
+            SDOT8(a2, vld1q_s8(q[2] + 32 * g), vld1q_s8(q[2] + 32 * g + 16));
+            SDOT8(a3, vld1q_s8(q[3] + 32 * g), vld1q_s8(q[3] + 32 * g + 16));
+            const float32x4_t sw = vld1q_f32(PS + 4 * g);
+            f0 = vfmaq_f32(f0, vcvtq_f32_s32(a0), vmulq_n_f32(sw, s[0][g]));
+            f1 = vfmaq_f32(f1, vcvtq_f32_s32(a1), vmulq_n_f32(sw, s[1][g]));
+            f2 = vfmaq_f32(f2, vcvtq_f32_s32(a2), vmulq_n_f32(sw, s[2][g]));
+            f3 = vfmaq_f32(f3, vcvtq_f32_s32(a3), vmulq_n_f32(sw, s[3][g]));
+        }
+        const float32x4_t fs[4] = {f0, f1, f2, f3};
+        for (int t = 0; t < tb; t++) {
+            float out[4];
+            vst1q_f32(out, fs[t]);
+            memcpy(y + (t0 + t) * ldy, out, (size_t)rows * 4);
+        }
+    }
+}
+#undef SDOT8
+
 static void qgemm_neon(float *y, int64_t ldy, const QMat *w, const ActLayout *L, const uint8_t *act,
                        int64_t nt, int64_t r0, int64_t r1, uint8_t *scratch) {
-    (void)scratch;
+    if (w->group == 32 && nt >= 4) {
+        int8_t *P = (int8_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+        float *PS = (float *)(P + 4 * 32 * w->ng);
+        for (int64_t r = r0; r < r1; r += 4) {
+            const int64_t re = r + 4 < r1 ? r + 4 : r1;
+            pack_panel4(P, PS, w, r, re);
+            panel4_gemm(y + r, ldy, P, PS, w->ng, L, act, nt, re - r);
+        }
+        return;
+    }
     if (w->group == 32) {  /* rows r and r + h in step, each one sequential stream (kernels_avx512.c) */
         const int64_t h = (r1 - r0 + 1) / 2;
         for (int64_t r = r0; r < r0 + h; r++) {
