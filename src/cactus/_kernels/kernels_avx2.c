@@ -169,12 +169,13 @@ static float dot_int8(const uint8_t *row, const uint16_t *sw, int64_t ng, const 
 
 /* ------------------------------------------------------------------ int4 prefill: 8-row panels */
 
-/* Prefill (nt >= 4 tokens, int4, G = 32): 8 rows are unpacked into a panel where each 32-bit lane
- * holds 4 weights of one row (u = q + 8, one byte each), group-major: vector c of group g holds
+/* Prefill (nt >= 4 tokens, G = 32): 8 rows are packed into a panel where each 32-bit lane holds 4
+ * weights of one row (int4 unpacked to u = q + 8, one byte each; int8 as stored), group-major: vector c of group g holds
  * elements 4c..4c+3 of the group for rows 0..7. Then for 4 tokens at a time, vpmaddubsw (u x s8
  * pairs) against a broadcast of the token's 4 activation bytes; a group's 8 products are summed in
  * int16 (|sum| <= 8 * 2 * 15 * 127 = 30480, no saturation), widened once by vpmaddwd, offset by
- * -8 * sum(x), and scaled once per (8 rows, token, group). One lane per row: no horizontal sums. */
+ * -8 * sum(x), and scaled once per (8 rows, token, group); int8 uses the sign trick of dot_int8
+ * and widens every vector. One lane per row: no horizontal sums. */
 typedef int32_t __attribute__((may_alias, aligned(1))) i32u;
 
 static void pack_panel8(uint8_t *P, float *PS, const QMat *w, int64_t r0, int64_t r1) {
@@ -184,18 +185,21 @@ static void pack_panel8(uint8_t *P, float *PS, const QMat *w, int64_t r0, int64_
         const uint8_t *row = w->data + r * w->row_bytes;
         for (int64_t g = 0; g < ng; g++) {
             uint8_t u[32];
-            for (int j = 0; j < 16; j++) {
-                u[j] = row[16 * g + j] & 0x0F;
-                u[16 + j] = row[16 * g + j] >> 4;
-            }
+            if (w->fmt == FMT_INT4)
+                for (int j = 0; j < 16; j++) {
+                    u[j] = row[16 * g + j] & 0x0F;
+                    u[16 + j] = row[16 * g + j] >> 4;
+                }
+            else
+                memcpy(u, row + 32 * g, 32);
             for (int c = 0; c < 8; c++) memcpy(P + ((g * 8 + c) * 8 + i) * 4, u + 4 * c, 4);
             PS[g * 8 + i] = f16_to_f32(w->scales[r * ng + g]);
         }
     }
 }
 
-static void panel8_gemm(float *y, int64_t ldy, const uint8_t *P, const float *PS, int64_t ng, const ActLayout *L,
-                        const uint8_t *act, int64_t nt, int64_t rows) {
+static inline void panel8_gemm(float *y, int64_t ldy, const uint8_t *P, const float *PS, int64_t ng,
+                               const ActLayout *L, const uint8_t *act, int64_t nt, int64_t rows, const int int4) {
     const __m256i ones = _mm256_set1_epi16(1);
     const __m256i *pw = (const __m256i *)P;
     for (int64_t t0 = 0; t0 < nt; t0 += 4) {
@@ -213,18 +217,30 @@ static void panel8_gemm(float *y, int64_t ldy, const uint8_t *P, const float *PS
         for (int64_t g = 0; g < ng; g++) {
             __m256i h[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
                             _mm256_setzero_si256()};
-#pragma GCC unroll 8
-            for (int c = 0; c < 8; c++) {
-                const __m256i wv = _mm256_loadu_si256(pw + g * 8 + c);
-                for (int t = 0; t < 4; t++)
-                    h[t] = _mm256_add_epi16(h[t], _mm256_maddubs_epi16(
-                        wv, _mm256_set1_epi32(*(const i32u *)(q[t] + 32 * g + 4 * c))));
-            }
             const __m256 sw = _mm256_loadu_ps(PS + 8 * g);
-            for (int t = 0; t < 4; t++) {
-                const __m256i i32 = _mm256_sub_epi32(_mm256_madd_epi16(h[t], ones), _mm256_set1_epi32(8 * sum[t][g]));
-                f[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i32), _mm256_mul_ps(sw, _mm256_set1_ps(s[t][g])), f[t]);
+            if (int4) {
+#pragma GCC unroll 8
+                for (int c = 0; c < 8; c++) {
+                    const __m256i wv = _mm256_loadu_si256(pw + g * 8 + c);
+                    for (int t = 0; t < 4; t++)
+                        h[t] = _mm256_add_epi16(h[t], _mm256_maddubs_epi16(
+                            wv, _mm256_set1_epi32(*(const i32u *)(q[t] + 32 * g + 4 * c))));
+                }
+                for (int t = 0; t < 4; t++)
+                    h[t] = _mm256_sub_epi32(_mm256_madd_epi16(h[t], ones), _mm256_set1_epi32(8 * sum[t][g]));
+            } else {  /* int8: |x| times (w with x's sign), pairs <= 2 * 127 * 127: widened per vector */
+#pragma GCC unroll 8
+                for (int c = 0; c < 8; c++) {
+                    const __m256i wv = _mm256_loadu_si256(pw + g * 8 + c);
+                    for (int t = 0; t < 4; t++) {
+                        const __m256i xb = _mm256_set1_epi32(*(const i32u *)(q[t] + 32 * g + 4 * c));
+                        h[t] = _mm256_add_epi32(h[t], _mm256_madd_epi16(
+                            _mm256_maddubs_epi16(_mm256_abs_epi8(xb), _mm256_sign_epi8(wv, xb)), ones));
+                    }
+                }
             }
+            for (int t = 0; t < 4; t++)
+                f[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(h[t]), _mm256_mul_ps(sw, _mm256_set1_ps(s[t][g])), f[t]);
         }
         for (int t = 0; t < tb; t++) {
             float out[8];
@@ -237,13 +253,14 @@ static void panel8_gemm(float *y, int64_t ldy, const uint8_t *P, const float *PS
 static void qgemm_avx2(float *y, int64_t ldy, const QMat *w, const ActLayout *L, const uint8_t *act,
                        int64_t nt, int64_t r0, int64_t r1, uint8_t *scratch) {
     if (w->group != 32) { qgemm_scalar(y, ldy, w, L, act, nt, r0, r1, scratch); return; }
-    if (w->fmt == FMT_INT4 && nt >= 4) {
+    if (nt >= 4) {
         uint8_t *P = (uint8_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
         float *PS = (float *)(P + 8 * 32 * w->ng);
         for (int64_t r = r0; r < r1; r += 8) {
             const int64_t re = r + 8 < r1 ? r + 8 : r1;
             pack_panel8(P, PS, w, r, re);
-            panel8_gemm(y + r, ldy, P, PS, w->ng, L, act, nt, re - r);
+            if (w->fmt == FMT_INT4) panel8_gemm(y + r, ldy, P, PS, w->ng, L, act, nt, re - r, 1);
+            else panel8_gemm(y + r, ldy, P, PS, w->ng, L, act, nt, re - r, 0);
         }
         return;
     }
