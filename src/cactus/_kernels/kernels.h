@@ -10,6 +10,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 enum { FMT_F32 = 0, FMT_F16 = 1, FMT_BF16 = 2, FMT_INT8 = 3, FMT_INT4 = 4 };
 
@@ -71,11 +72,12 @@ typedef struct Kernels {
  * of the read bandwidth with two threads). */
 #define PREFETCH_BYTES 8192
 static inline void prefetch_l2(const void *p) { __builtin_prefetch(p, 0, 2); }
-/* Scales of rows [r, r + nr) + the prefetch distance; call once per nr rows. */
-static inline void prefetch_scales(const QMat *w, int64_t r, int64_t nr) {
-    const int64_t ahead = PREFETCH_BYTES / (w->row_bytes > 0 ? w->row_bytes : 1) + 1;
-    const uint8_t *s = (const uint8_t *)(w->scales + (r + ahead) * w->ng);
-    for (int64_t b = 0; b < 2 * nr * w->ng; b += 64) prefetch_l2(s + b);
+/* Rows of w that PREFETCH_BYTES of row data span: compute once per call, not per row. */
+static inline int64_t prefetch_rows(const QMat *w) { return PREFETCH_BYTES / (w->row_bytes > 0 ? w->row_bytes : 1) + 1; }
+/* The f16 scales of row r, into L2. */
+static inline void prefetch_scales(const QMat *w, int64_t r) {
+    const uint8_t *s = (const uint8_t *)(w->scales + r * w->ng);
+    for (int64_t b = 0; b < 2 * w->ng; b += 64) prefetch_l2(s + b);
 }
 
 #define KERNEL_PANEL 16                      /* rows per packed panel (prefill) */
@@ -100,6 +102,18 @@ float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);
 void quantize_scalar(const ActLayout *L, uint8_t *act, const float *x, int64_t g0, int64_t g1);
 void act_extras(const ActLayout *L, uint8_t *act, int64_t g0, int64_t g1);
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+/* Element e of a float-format (f32/f16/bf16) weight row: the SIMD files' tails. */
+static inline float fweight(const QMat *w, const uint8_t *row, int64_t e) {
+    if (w->fmt == FMT_F32) return ((const float *)row)[e];
+    if (w->fmt == FMT_F16) return f16_to_f32(((const uint16_t *)row)[e]);
+    return bf16_to_f32(((const uint16_t *)row)[e]);
+}
 void qgemm_scalar(float *y, int64_t ldy, const QMat *w, const ActLayout *L, const uint8_t *act,
                   int64_t nt, int64_t r0, int64_t r1, uint8_t *scratch);
 void fgemm_scalar(float *y, int64_t ldy, const QMat *w, const float *x, int64_t ldx,

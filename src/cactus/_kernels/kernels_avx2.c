@@ -25,25 +25,26 @@ static inline float hmax8(__m256 v) {
 
 /* ------------------------------------------------------------------ activations */
 
+/* x[0..min(n, 8)) as 8 lanes, zeros past n (n <= 0: all zeros). */
+static inline __m256 load_upto8(const float *x, int64_t n) {
+    if (n >= 8) return _mm256_loadu_ps(x);
+    float buf[8] = {0};
+    for (int64_t i = 0; i < n; i++) buf[i] = x[i];
+    return _mm256_loadu_ps(buf);
+}
+
 static void quantize_avx2(const ActLayout *L, uint8_t *act, const float *x, int64_t g0, int64_t g1) {
     const int64_t G = L->group, groups_q = L->kpa / G;
     int8_t *q = (int8_t *)(act + L->off_q);
     float *s = (float *)(act + L->off_s);
     int32_t *sum = (int32_t *)(act + L->off_sum);
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
-    float buf[8];
     for (int64_t g = g0; g < g1; g++) {
         if (g >= groups_q) { s[g] = 0.0f; sum[g] = 0; continue; }
         __m256 amax = _mm256_setzero_ps();
         for (int64_t j = 0; j < G; j += 8) {
             int64_t e = g * G + j, n = L->k - e;
-            __m256 v;
-            if (n >= 8) v = _mm256_loadu_ps(x + e);
-            else {
-                memset(buf, 0, sizeof buf);
-                for (int64_t i = 0; i < n; i++) buf[i] = x[e + i];
-                v = _mm256_loadu_ps(buf);
-            }
+            const __m256 v = load_upto8(x + e, n);
             amax = _mm256_max_ps(amax, _mm256_and_ps(v, absmask));
         }
         const float d = hmax8(amax) / 127.0f;
@@ -53,13 +54,7 @@ static void quantize_avx2(const ActLayout *L, uint8_t *act, const float *x, int6
             int64_t e = g * G + j, n = L->k - e;
             int32_t qi[8] = {0};
             if (d != 0.0f && n > 0) {
-                __m256 v;
-                if (n >= 8) v = _mm256_loadu_ps(x + e);
-                else {
-                    memset(buf, 0, sizeof buf);
-                    for (int64_t i = 0; i < n; i++) buf[i] = x[e + i];
-                    v = _mm256_loadu_ps(buf);
-                }
+                const __m256 v = load_upto8(x + e, n);
                 __m256i r = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_div_ps(v, dv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
                 r = _mm256_max_epi32(_mm256_min_epi32(r, _mm256_set1_epi32(127)), _mm256_set1_epi32(-127));
                 _mm256_storeu_si256((__m256i *)qi, r);
@@ -265,13 +260,13 @@ static void qgemm_avx2(float *y, int64_t ldy, const QMat *w, const ActLayout *L,
         return;
     }
     if (w->fmt == FMT_INT4) {  /* rows r and r + h in step, each one sequential stream (kernels_avx512.c) */
-        const int64_t h = (r1 - r0 + 1) / 2;
+        const int64_t h = (r1 - r0 + 1) / 2, ahead = prefetch_rows(w);
         for (int64_t r = r0; r < r0 + h; r++) {
             const int64_t rb = r + h < r1 ? r + h : r;
             const uint8_t *ra_ = w->data + r * w->row_bytes, *rb_ = w->data + rb * w->row_bytes;
             const uint16_t *sa_ = w->scales + r * w->ng, *sb_ = w->scales + rb * w->ng;
-            prefetch_scales(w, r, 1);
-            prefetch_scales(w, rb, 1);
+            prefetch_scales(w, r + ahead);
+            prefetch_scales(w, rb + ahead);
             for (int64_t t = 0; t < nt; t++) {
                 float out[2];
                 dot_int4_x2(out, ra_, rb_, sa_, sb_, w->ng, act + t * L->stride, L);
@@ -281,11 +276,12 @@ static void qgemm_avx2(float *y, int64_t ldy, const QMat *w, const ActLayout *L,
         }
         return;
     }
+    const int64_t ahead = prefetch_rows(w);
     for (int64_t r = r0; r < r1; r++) {
         const uint8_t *row = w->data + r * w->row_bytes;
         const uint16_t *sw = w->scales + r * w->ng;
         for (int64_t b = 0; b < w->row_bytes; b += 64) prefetch_l2(row + PREFETCH_BYTES + b);
-        prefetch_scales(w, r, 1);
+        prefetch_scales(w, r + ahead);
         for (int64_t t = 0; t < nt; t++) y[t * ldy + r] = dot_int8(row, sw, w->ng, act + t * L->stride, L);
     }
 }
@@ -297,16 +293,6 @@ static inline __m256 load8(const QMat *w, const uint8_t *row, int64_t e) {
     __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)row + e));
     if (w->fmt == FMT_F16) return _mm256_cvtph_ps(h);
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-
-static inline float load1(const QMat *w, const uint8_t *row, int64_t e) {
-    if (w->fmt == FMT_F32) return ((const float *)row)[e];
-    uint16_t h = ((const uint16_t *)row)[e];
-    if (w->fmt == FMT_F16) return _cvtsh_ss(h);
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
 }
 
 static void fgemm_avx2(float *y, int64_t ldy, const QMat *w, const float *x, int64_t ldx,
@@ -323,7 +309,7 @@ static void fgemm_avx2(float *y, int64_t ldy, const QMat *w, const float *x, int
             }
             for (int t = 0; t < tb; t++) {
                 float s = hsum8(acc[t]);
-                for (int64_t i = e; i < w->k; i++) s += load1(w, row, i) * x[(t0 + t) * ldx + i];
+                for (int64_t i = e; i < w->k; i++) s += fweight(w, row, i) * x[(t0 + t) * ldx + i];
                 y[(t0 + t) * ldy + r] = s;
             }
         }

@@ -337,13 +337,13 @@ static inline void qgemm_avx512_t(float *y, int64_t ldy, const QMat *w, const Ac
         /* decode: rows r and r + h in step, h = half the range, so that each is one sequential
          * stream (two rows side by side read worse from DRAM: 81-84% of the read bandwidth with
          * two threads against 84-92% for rows half a range apart, same arithmetic) */
-        const int64_t h = (r1 - r0 + 1) / 2;
+        const int64_t h = (r1 - r0 + 1) / 2, ahead = prefetch_rows(w);
         for (int64_t r = r0; r < r0 + h; r++) {
             const int64_t rb = r + h < r1 ? r + h : r;  /* an odd range's last row pairs with itself */
             const uint8_t *ra_ = w->data + r * w->row_bytes, *rb_ = w->data + rb * w->row_bytes;
             const uint16_t *sa_ = w->scales + r * w->ng, *sb_ = w->scales + rb * w->ng;
-            prefetch_scales(w, r, 1);
-            prefetch_scales(w, rb, 1);
+            prefetch_scales(w, r + ahead);
+            prefetch_scales(w, rb + ahead);
             for (int64_t t = 0; t < nt; t++) {
                 float out[2];
                 if (w->fmt == FMT_INT4) dot_int4_g32(out, ra_, rb_, sa_, sb_, w->ng, act + t * L->stride, L, gfni);

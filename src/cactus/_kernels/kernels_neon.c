@@ -227,16 +227,6 @@ static inline float32x4_t load4(const QMat *w, const uint8_t *row, int64_t e) {
     return vreinterpretq_f32_u32(vshll_n_u16(h, 16));
 }
 
-static inline float load1(const QMat *w, const uint8_t *row, int64_t e) {
-    if (w->fmt == FMT_F32) return ((const float *)row)[e];
-    uint16_t h = ((const uint16_t *)row)[e];
-    if (w->fmt == FMT_F16) return f16_to_f32(h);
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
 static void fgemm_neon(float *y, int64_t ldy, const QMat *w, const float *x, int64_t ldx,
                        int64_t nt, int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; r++) {
@@ -247,7 +237,7 @@ static void fgemm_neon(float *y, int64_t ldy, const QMat *w, const float *x, int
             int64_t e = 0;
             for (; e + 4 <= w->k; e += 4) acc = vfmaq_f32(acc, load4(w, row, e), vld1q_f32(xt + e));
             float s = vaddvq_f32(acc);
-            for (; e < w->k; e++) s += load1(w, row, e) * xt[e];
+            for (; e < w->k; e++) s += fweight(w, row, e) * xt[e];
             y[t * ldy + r] = s;
         }
     }

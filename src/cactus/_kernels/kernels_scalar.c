@@ -52,13 +52,6 @@ uint16_t f32_to_f16(float f) {  /* round to nearest even, as numpy's astype(floa
     return (uint16_t)(sign | r);
 }
 
-static inline float bf16_to_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
 /* ------------------------------------------------------------------ activation layout */
 
 void act_layout(ActLayout *L, int64_t k, int32_t group, int32_t fmt) {
@@ -187,12 +180,6 @@ void qgemm_scalar(float *y, int64_t ldy, const QMat *w, const ActLayout *L, cons
             y[t * ldy + r] = acc;
         }
     }
-}
-
-static inline float fweight(const QMat *w, const uint8_t *row, int64_t e) {
-    if (w->fmt == FMT_F32) return ((const float *)row)[e];
-    if (w->fmt == FMT_F16) return f16_to_f32(((const uint16_t *)row)[e]);
-    return bf16_to_f32(((const uint16_t *)row)[e]);
 }
 
 void fgemm_scalar(float *y, int64_t ldy, const QMat *w, const float *x, int64_t ldx,
