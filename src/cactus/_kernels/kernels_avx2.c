@@ -173,24 +173,58 @@ static float dot_int8(const uint8_t *row, const uint16_t *sw, int64_t ng, const 
  * and widens every vector. One lane per row: no horizontal sums. */
 typedef int32_t __attribute__((may_alias, aligned(1))) i32u;
 
+/* v[i] = 8 dwords of row i -> v[c] = dword c of rows 0..7 (unpacks within 128-bit lanes, then
+ * the lanes swapped across). */
+static inline void transpose8_epi32(__m256i v[8]) {
+    __m256i t[8], u[8];
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_epi32(v[i], v[i + 1]);      /* d0 d1 of rows i, i+1 | d4 d5 */
+        t[i + 1] = _mm256_unpackhi_epi32(v[i], v[i + 1]);  /* d2 d3 | d6 d7 */
+    }
+    for (int h = 0; h < 8; h += 4)  /* rows h..h+3: u[h + k] = dword k | dword k + 4 */
+        for (int k = 0; k < 2; k++) {
+            u[h + 2 * k] = _mm256_unpacklo_epi64(t[h + k], t[h + 2 + k]);
+            u[h + 2 * k + 1] = _mm256_unpackhi_epi64(t[h + k], t[h + 2 + k]);
+        }
+    for (int k = 0; k < 4; k++) {
+        v[k] = _mm256_permute2x128_si256(u[k], u[4 + k], 0x20);
+        v[k + 4] = _mm256_permute2x128_si256(u[k], u[4 + k], 0x31);
+    }
+}
+
 static void pack_panel8(uint8_t *P, float *PS, const QMat *w, int64_t r0, int64_t r1) {
     const int64_t ng = w->ng;
+    const uint8_t *rows[8];
+    const uint16_t *sc[8];
     for (int i = 0; i < 8; i++) {
         const int64_t r = r0 + i < r1 ? r0 + i : r1 - 1;  /* a short panel repeats its last row */
-        const uint8_t *row = w->data + r * w->row_bytes;
-        for (int64_t g = 0; g < ng; g++) {
-            uint8_t u[32];
-            if (w->fmt == FMT_INT4)
-                for (int j = 0; j < 16; j++) {
-                    u[j] = row[16 * g + j] & 0x0F;
-                    u[16 + j] = row[16 * g + j] >> 4;
-                }
-            else
-                memcpy(u, row + 32 * g, 32);
-            for (int c = 0; c < 8; c++) memcpy(P + ((g * 8 + c) * 8 + i) * 4, u + 4 * c, 4);
-            PS[g * 8 + i] = f16_to_f32(w->scales[r * ng + g]);
-        }
+        rows[i] = w->data + r * w->row_bytes;
+        sc[i] = w->scales + r * ng;
     }
+    const __m128i m0f = _mm_set1_epi8(0x0F);
+    for (int64_t g = 0; g < ng; g++) {
+        __m256i v[8];  /* row i's 32 weights of group g, one byte each (int4: u = q + 8) */
+        for (int i = 0; i < 8; i++) {
+            if (w->fmt == FMT_INT4) {
+                const __m128i b = _mm_loadu_si128((const __m128i *)(rows[i] + 16 * g));
+                v[i] = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), m0f), _mm_and_si128(b, m0f));
+            } else {
+                v[i] = _mm256_loadu_si256((const __m256i *)(rows[i] + 32 * g));
+            }
+        }
+        transpose8_epi32(v);
+        for (int c = 0; c < 8; c++) _mm256_storeu_si256((__m256i *)(P + (g * 8 + c) * 32), v[c]);
+    }
+    int64_t g = 0;
+    for (; g + 8 <= ng; g += 8) {  /* scales: (8 rows, 8 groups) f16 -> (8 groups, 8 rows) f32 */
+        __m256i v[8];
+        for (int i = 0; i < 8; i++)
+            v[i] = _mm256_castps_si256(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sc[i] + g))));
+        transpose8_epi32(v);
+        for (int j = 0; j < 8; j++) _mm256_storeu_si256((__m256i *)(PS + (g + j) * 8), v[j]);
+    }
+    for (; g < ng; g++)
+        for (int i = 0; i < 8; i++) PS[g * 8 + i] = _cvtsh_ss(sc[i][g]);
 }
 
 static inline void panel8_gemm(float *y, int64_t ldy, const uint8_t *P, const float *PS, int64_t ng,
