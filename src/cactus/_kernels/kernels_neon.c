@@ -116,24 +116,55 @@ static void dot2_g32(float y[2], const QMat *w, const uint8_t *ra, const uint8_t
  * activation bytes are two registers and `sdot` by element multiplies each weight vector by one
  * 4-byte element of them: 8 sdot per (4 rows, token, group), one lane per row, scaled once. The
  * weight vectors are loaded once per 4 tokens. */
+/* v[i] = 4 dwords of row i -> v[c] = dword c of rows 0..3 */
+static inline void transpose4_s32(int32x4_t v[4]) {
+    const int32x4_t t0 = vtrn1q_s32(v[0], v[1]), t1 = vtrn2q_s32(v[0], v[1]);  /* d0 d2 | d1 d3 of rows 0, 1 */
+    const int32x4_t t2 = vtrn1q_s32(v[2], v[3]), t3 = vtrn2q_s32(v[2], v[3]);
+    v[0] = vreinterpretq_s32_s64(vtrn1q_s64(vreinterpretq_s64_s32(t0), vreinterpretq_s64_s32(t2)));
+    v[1] = vreinterpretq_s32_s64(vtrn1q_s64(vreinterpretq_s64_s32(t1), vreinterpretq_s64_s32(t3)));
+    v[2] = vreinterpretq_s32_s64(vtrn2q_s64(vreinterpretq_s64_s32(t0), vreinterpretq_s64_s32(t2)));
+    v[3] = vreinterpretq_s32_s64(vtrn2q_s64(vreinterpretq_s64_s32(t1), vreinterpretq_s64_s32(t3)));
+}
+
 static void pack_panel4(int8_t *P, float *PS, const QMat *w, int64_t r0, int64_t r1) {
     const int64_t ng = w->ng;
+    const uint8_t *rows[4];
+    const uint16_t *sc[4];
     for (int i = 0; i < 4; i++) {
         const int64_t r = r0 + i < r1 ? r0 + i : r1 - 1;  /* a short panel repeats its last row */
-        const uint8_t *row = w->data + r * w->row_bytes;
-        for (int64_t g = 0; g < ng; g++) {
-            int8_t q[32];
-            if (w->fmt == FMT_INT4)
-                for (int j = 0; j < 16; j++) {
-                    q[j] = (int8_t)((row[16 * g + j] & 0x0F) - 8);
-                    q[16 + j] = (int8_t)((row[16 * g + j] >> 4) - 8);
-                }
-            else
-                memcpy(q, row + 32 * g, 32);
-            for (int c = 0; c < 8; c++) memcpy(P + ((g * 8 + c) * 4 + i) * 4, q + 4 * c, 4);
-            PS[g * 4 + i] = f16_to_f32(w->scales[r * ng + g]);
+        rows[i] = w->data + r * w->row_bytes;
+        sc[i] = w->scales + r * ng;
+    }
+    const uint8x16_t m0f = vdupq_n_u8(0x0F);
+    const int8x16_t eight = vdupq_n_s8(8);
+    for (int64_t g = 0; g < ng; g++) {
+        int32x4_t lo[4], hi[4];  /* row i: elements 0..15 and 16..31 of group g, signed */
+        for (int i = 0; i < 4; i++) {
+            if (w->fmt == FMT_INT4) {
+                const uint8x16_t b = vld1q_u8(rows[i] + 16 * g);
+                lo[i] = vreinterpretq_s32_s8(vsubq_s8(vreinterpretq_s8_u8(vandq_u8(b, m0f)), eight));
+                hi[i] = vreinterpretq_s32_s8(vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(b, 4)), eight));
+            } else {
+                lo[i] = vreinterpretq_s32_u8(vld1q_u8(rows[i] + 32 * g));
+                hi[i] = vreinterpretq_s32_u8(vld1q_u8(rows[i] + 32 * g + 16));
+            }
+        }
+        transpose4_s32(lo);
+        transpose4_s32(hi);
+        for (int c = 0; c < 4; c++) {
+            vst1q_s32((int32_t *)(P + (g * 8 + c) * 16), lo[c]);
+            vst1q_s32((int32_t *)(P + (g * 8 + 4 + c) * 16), hi[c]);
         }
     }
+    int64_t g = 0;
+    for (; g + 4 <= ng; g += 4) {  /* scales: (4 rows, 4 groups) f16 -> (4 groups, 4 rows) f32 */
+        int32x4_t v[4];
+        for (int i = 0; i < 4; i++) v[i] = vreinterpretq_s32_f32(vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(sc[i] + g))));
+        transpose4_s32(v);
+        for (int j = 0; j < 4; j++) vst1q_f32(PS + (g + j) * 4, vreinterpretq_f32_s32(v[j]));
+    }
+    for (; g < ng; g++)
+        for (int i = 0; i < 4; i++) PS[g * 4 + i] = f16_to_f32(sc[i][g]);
 }
 
 #define SDOT8(A, X0, X1)                                                                       \
