@@ -181,6 +181,25 @@ def test_threads_do_not_change_results():
         ops.set_threads(before)
 
 
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_prefetch_distances_do_not_change_results(level, fmt):
+    w = weight(fmt, 300, 1056)  # rows of 528 / 1056 bytes: prefetches cross rows, and the matrix end
+    x = RNG.standard_normal((1, 1056)).astype(np.float32)
+    with ops.use(level):
+        before = ops.set_prefetch(8192, 0)
+        try:
+            base = ops.linear(x, w)
+            for l2, l1 in ((64, 64), (4096, 1024), (65536, 4096)):
+                ops.set_prefetch(l2, l1)
+                np.testing.assert_array_equal(ops.linear(x, w), base)
+        finally:
+            ops.set_prefetch(*before)
+    for bad in ((32, 0), (4096, 8192), (4096, -1), (2 << 20, 0)):
+        with pytest.raises(ValueError, match="set_prefetch"):
+            ops.set_prefetch(*bad)
+
+
 def test_arguments_are_checked():
     from cactus import _kernels as k
 

@@ -231,6 +231,12 @@ def set_threads(n: int) -> None:
     _ext().set_threads(int(n))
 
 
+def set_prefetch(l2_bytes: int, l1_bytes: int) -> tuple[int, int]:
+    """Decode's software prefetch distances (into L2, into L1; 0 turns the L1 one off); returns
+    the previous pair. A tuning knob for benchmarks/ab_prefetch.py: speed only, never results."""
+    return _ext().set_prefetch(int(l2_bytes), int(l1_bytes))
+
+
 def threads() -> int:
     return _ext().threads()
 

@@ -478,6 +478,20 @@ static PyObject *py_set_threads(PyObject *self, PyObject *arg) {
 
 static PyObject *py_threads(PyObject *self, PyObject *unused) { return PyLong_FromLong(n_threads); }
 
+/* set_prefetch(l2_bytes, l1_bytes) -> the previous pair: decode's software prefetch distances
+ * (kernels.h). They change speed only, never results. */
+static PyObject *py_set_prefetch(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    NARGS(2, "set_prefetch");
+    long long l2 = PyLong_AsLongLong(args[0]), l1 = PyLong_AsLongLong(args[1]);
+    if ((l2 == -1 || l1 == -1) && PyErr_Occurred()) return NULL;
+    if (l2 < 64 || l2 > (1 << 20) || l1 < 0 || l1 > l2)
+        return PyErr_Format(PyExc_ValueError, "set_prefetch: need 64 <= l2 <= 1 MiB and 0 <= l1 <= l2, got l2=%lld l1=%lld", l2, l1);
+    PyObject *old = Py_BuildValue("(LL)", (long long)kernels_prefetch_l2, (long long)kernels_prefetch_l1);
+    kernels_prefetch_l2 = l2;
+    kernels_prefetch_l1 = l1;
+    return old;
+}
+
 static PyObject *py_pool_stats(PyObject *self, PyObject *unused) {
     long long team = 0, solo = 0;
     if (ctx.pool) pool_stats(ctx.pool, &team, &solo);
@@ -526,6 +540,7 @@ static PyMethodDef methods[] = {
     {"supported", py_supported, METH_NOARGS, "kernel levels this CPU runs"},
     {"set_threads", py_set_threads, METH_O, "set_threads(n)"},
     {"threads", py_threads, METH_NOARGS, "threads in use"},
+    {"set_prefetch", (PyCFunction)(void (*)(void))py_set_prefetch, METH_FASTCALL, "set_prefetch(l2_bytes, l1_bytes) -> previous"},
     {"pool_stats", py_pool_stats, METH_NOARGS, "(jobs run on several threads, jobs run on the caller alone)"},
     {"profile", py_profile, METH_O, "profile(on) -> (calls, ns) inside kernels since the last call; resets"},
     {NULL, NULL, 0, NULL}};

@@ -6,6 +6,8 @@
 
 #include "kernels.h"
 
+int64_t kernels_prefetch_l2 = 4096, kernels_prefetch_l1 = 1024;  /* kernels.h */
+
 #if defined(__x86_64__) || defined(_M_X64)
 #include <cpuid.h>
 

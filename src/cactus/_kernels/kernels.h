@@ -67,11 +67,18 @@ typedef struct Kernels {
 
 /* Decode streams weight rows from DRAM faster than the hardware prefetcher alone fetches them
  * (measured on Zen 4: about half the read bandwidth without software prefetch). Rows are
- * fetched PREFETCH_BYTES ahead into L2; the f16 scales are a second stream, fetched for the rows
- * that far ahead too (without that, a demand miss on the scales stalls every few rows: 70% -> 80%
- * of the read bandwidth with two threads). */
-#define PREFETCH_BYTES 8192
+ * fetched PREFETCH_BYTES ahead into L2 and, on AVX-512, PREFETCH_L1_BYTES ahead into L1; the f16
+ * scales are a second stream, fetched for the rows PREFETCH_BYTES ahead too (without that, a
+ * demand miss on the scales stalls every few rows: 70% -> 80% of the read bandwidth with two
+ * threads). The distances are settings (dispatch.c, ops.set_prefetch) so that
+ * benchmarks/ab_prefetch.py can compare them on real decode, round by round, at both of this
+ * machine's bandwidth levels: 4 KiB + 1 KiB beat the former 8 KiB + none by 5-6% at ~50 GB/s and
+ * 3% at ~33 GB/s (8B-A1B and 24B-A2B int4); 16 KiB was 5% slower, 1-2 KiB no better. */
+extern int64_t kernels_prefetch_l2, kernels_prefetch_l1;
+#define PREFETCH_BYTES kernels_prefetch_l2
+#define PREFETCH_L1_BYTES kernels_prefetch_l1
 static inline void prefetch_l2(const void *p) { __builtin_prefetch(p, 0, 2); }
+static inline void prefetch_l1(const void *p) { __builtin_prefetch(p, 0, 3); }
 /* Rows of w that PREFETCH_BYTES of row data span: compute once per call, not per row. */
 static inline int64_t prefetch_rows(const QMat *w) { return PREFETCH_BYTES / (w->row_bytes > 0 ? w->row_bytes : 1) + 1; }
 /* The f16 scales of row r, into L2. */

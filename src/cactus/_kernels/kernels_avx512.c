@@ -17,9 +17,11 @@ _Static_assert(ATTN_BLOCK == 16, "a key block is one zmm of f32 lanes");
 
 static inline __mmask64 mask64(int64_t n) { return n >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << n) - 1); }
 static inline __mmask16 mask16(int64_t n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1); }
-/* Decode prefetches each streamed row PREFETCH_BYTES ahead, one line per 64-byte step (kernels.h):
+/* Decode prefetches each streamed row PREFETCH_BYTES ahead into L2 and PREFETCH_L1_BYTES into L1,
+ * one line per 64-byte step (kernels.h):
  * with ~10 vector ops per 64 bytes the out-of-order window alone keeps too few lines in flight;
- * on Zen 4 this doubled the streamed rate. L1 (T0), T2 or NTA hints were slower. */
+ * on Zen 4 this doubled the streamed rate. T0 (L1), T2 or NTA as the only hint were slower; a
+ * short T0 prefetch beside the L2 one is what helps (kernels.h). */
 static inline int32_t ld32(const int8_t *p) { int32_t v; memcpy(&v, p, 4); return v; }
 
 /* ------------------------------------------------------------------ activations */
@@ -83,6 +85,7 @@ static inline void dot_int4_g32(float *y, const uint8_t *row, const uint8_t *r1,
     const __m512i m0f = _mm512_set1_epi8(0x0F);
     const __m512i idx0 = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
     const __m512i four = _mm512_set1_epi32(4);
+    const int64_t l2d = PREFETCH_BYTES, l1d = PREFETCH_L1_BYTES;
     __m512 fa0 = _mm512_setzero_ps(), fa1 = fa0, fb0 = fa0, fb1 = fa0;
     int64_t g = 0;
     for (; g + 16 <= ng; g += 16) {
@@ -96,8 +99,9 @@ static inline void dot_int4_g32(float *y, const uint8_t *row, const uint8_t *r1,
             const __m512i c = _mm512_loadu_si512(corr + 16 * b);
             const __m512i xl = _mm512_loadu_si512(qn + 128 * b), xh = _mm512_loadu_si512(qn + 128 * b + 64);
             const __m512i wa = _mm512_loadu_si512(row + off), wb = _mm512_loadu_si512(r1 + off);
-            prefetch_l2(row + off + PREFETCH_BYTES);
-            prefetch_l2(r1 + off + PREFETCH_BYTES);
+            prefetch_l2(row + off + l2d);
+            prefetch_l2(r1 + off + l2d);
+            if (l1d) { prefetch_l1(row + off + l1d); prefetch_l1(r1 + off + l1d); }
             __m512i aa = _mm512_dpbusd_epi32(c, _mm512_and_si512(wa, m0f), xl);
             __m512i ab = _mm512_dpbusd_epi32(c, _mm512_and_si512(wb, m0f), xl);
             aa = _mm512_dpbusd_epi32(aa, high_nibbles(wa, m0f, gfni), xh);
@@ -123,8 +127,9 @@ static inline void dot_int4_g32(float *y, const uint8_t *row, const uint8_t *r1,
             const __m512i c = _mm512_loadu_si512(corr + 16 * b);
             const __m512i xl = _mm512_loadu_si512(qn + 128 * b), xh = _mm512_loadu_si512(qn + 128 * b + 64);
             const __m512i wa = _mm512_maskz_loadu_epi8(m, row + 64 * b), wb = _mm512_maskz_loadu_epi8(m, r1 + 64 * b);
-            prefetch_l2(row + 64 * b + PREFETCH_BYTES);
-            prefetch_l2(r1 + 64 * b + PREFETCH_BYTES);
+            prefetch_l2(row + 64 * b + l2d);
+            prefetch_l2(r1 + 64 * b + l2d);
+            if (l1d) { prefetch_l1(row + 64 * b + l1d); prefetch_l1(r1 + 64 * b + l1d); }
             __m512i aa = _mm512_dpbusd_epi32(c, _mm512_and_si512(wa, m0f), xl);
             __m512i ab = _mm512_dpbusd_epi32(c, _mm512_and_si512(wb, m0f), xl);
             aa = _mm512_dpbusd_epi32(aa, high_nibbles(wa, m0f, gfni), xh);
@@ -147,6 +152,7 @@ static void dot_int8_g32(float *y, const uint8_t *row, const uint8_t *r1, const 
     const __m512i flip = _mm512_set1_epi8((char)0x80);
     const __m512i idx0 = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
     const __m512i two = _mm512_set1_epi32(2);
+    const int64_t l2d = PREFETCH_BYTES, l1d = PREFETCH_L1_BYTES;
     __m512 fa0 = _mm512_setzero_ps(), fa1 = fa0, fb0 = fa0, fb1 = fa0;
     for (int64_t g = 0; g < ng; g += 16) {
         const int full = g + 16 <= ng;
@@ -161,8 +167,9 @@ static void dot_int8_g32(float *y, const uint8_t *row, const uint8_t *r1, const 
             if (!full && 2 * b >= ng) break;
             const __mmask64 m = full ? ~(__mmask64)0 : mask64(32 * (ng - 2 * b));
             const __m512i c = _mm512_loadu_si512(corr + 16 * b), x = _mm512_loadu_si512(q + off);
-            prefetch_l2(row + off + PREFETCH_BYTES);
-            prefetch_l2(r1 + off + PREFETCH_BYTES);
+            prefetch_l2(row + off + l2d);
+            prefetch_l2(r1 + off + l2d);
+            if (l1d) { prefetch_l1(row + off + l1d); prefetch_l1(r1 + off + l1d); }
             /* masked-off bytes become 0x80 after the flip; x is zero there, so they add nothing */
             const __m512i wa = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, row + off), flip);
             const __m512i wb = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, r1 + off), flip);
