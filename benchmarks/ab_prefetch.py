@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from cactus import engine, ops
+from cactus.bench import read_bandwidth
 
 BANDS = ((25, 40), (40, 48), (48, 80))
 
@@ -30,12 +31,7 @@ def main() -> None:
     probe = np.ones(256 << 20, np.uint8)
 
     def bandwidth() -> float:
-        best = float("inf")
-        for _ in range(2):
-            t = time.perf_counter()
-            ops.read_memory(probe)
-            best = min(best, time.perf_counter() - t)
-        return probe.nbytes / best / 1e9
+        return read_bandwidth(probe, 2)
 
     before = ops.set_prefetch(*settings[0])
     tok = int(model.forward(np.arange(8), last_only=True).argmax())

@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from cactus import engine, ops
+from cactus.bench import read_bandwidth
 from cactus.models.lfm2 import MoE, ShortConv
 
 WEIGHT_CALLS = ("linear", "swiglu", "moe")
@@ -81,12 +82,7 @@ def main() -> None:
     probe = np.ones(512 << 20, np.uint8)
 
     def bandwidth() -> float:
-        best = float("inf")
-        for _ in range(3):
-            t = time.perf_counter()
-            ops.read_memory(probe)
-            best = min(best, time.perf_counter() - t)
-        return probe.nbytes / best / 1e9
+        return read_bandwidth(probe, 3)
 
     tok = int(model.forward(np.arange(8), last_only=True).argmax())
     for _ in range(rounds):

@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from cactus import engine, ops
-from cactus.bench import weight_bytes_per_token
+from cactus.bench import read_bandwidth, weight_bytes_per_token
 
 
 def main() -> None:
@@ -29,12 +29,7 @@ def main() -> None:
     probe = np.ones(512 << 20, np.uint8)
 
     def read_gbs() -> float:
-        best = float("inf")
-        for _ in range(3):
-            t = time.perf_counter()
-            ops.read_memory(probe)
-            best = min(best, time.perf_counter() - t)
-        return probe.nbytes / best / 1e9
+        return read_bandwidth(probe, 3)
 
     tok = int(model.forward(np.arange(8), last_only=True).argmax())
     for _ in range(rounds):

@@ -64,6 +64,18 @@ class AnonSampler:
         self.sample()
 
 
+def read_bandwidth(buf: np.ndarray, reps: int) -> float:
+    """Best-of-`reps` GB/s of the kernel threads streaming `buf` (in this process)."""
+    from . import ops
+
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        ops.read_memory(buf)
+        times.append(time.perf_counter() - t)
+    return buf.nbytes / min(times) / 1e9
+
+
 def _read_bandwidth(threads: int, mib: int, reps: int) -> float:
     """Best-of-`reps` GB/s of `threads` kernel threads streaming a fresh `mib` MiB buffer."""
     from . import ops
@@ -71,12 +83,7 @@ def _read_bandwidth(threads: int, mib: int, reps: int) -> float:
     ops.set_threads(threads)
     buf = np.ones(mib << 20, np.uint8)
     ops.read_memory(buf)
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        ops.read_memory(buf)
-        times.append(time.perf_counter() - t)
-    return buf.nbytes / min(times) / 1e9
+    return read_bandwidth(buf, reps)
 
 
 def measure_bandwidth(threads: int, mib: int = 512, reps: int = 7) -> float:
