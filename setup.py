@@ -10,7 +10,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 K = "src/cactus/_kernels/"
-COMMON = ["binding.c", "driver.c", "small.c", "pool.c", "dispatch.c", "kernels_scalar.c"]
+COMMON = ["binding.c", "driver.c", "step.c", "small.c", "pool.c", "dispatch.c", "kernels_scalar.c"]
 X86 = {
     "kernels_avx2.c": ["-mavx2", "-mfma", "-mf16c"],
     "kernels_avx512.c": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mgfni",
@@ -48,7 +48,7 @@ ext = Extension(
     extra_compile_args=BASE_FLAGS,
     extra_link_args=[] if sys.platform == "darwin" else ["-pthread"],
     # the ISA files are compiled separately: list them so a change to one relinks the extension
-    depends=[K + h for h in ("kernels.h", "driver.h", "pool.h")] + [K + s for s in (*X86, *ARM)],
+    depends=[K + h for h in ("kernels.h", "driver.h", "pool.h", "step.h")] + [K + s for s in (*X86, *ARM)],
 )
 
 setup(ext_modules=[ext], cmdclass={"build_ext": BuildKernels})

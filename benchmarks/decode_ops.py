@@ -6,7 +6,8 @@ Each round reads a 512 MiB buffer (memory bandwidth, best of 3), decodes TOKENS 
 with every call into cactus._kernels timed, reads again, and prints: wall time per token, time
 inside kernel calls, time inside the calls that read weights and the GB/s they stream, then one
 line per kind of call (per token: calls, ms, GB/s of weights, microseconds per call). Wall time
-minus time in calls is Python. The timing wrapper adds well under a microsecond per call.
+minus time in calls is Python. The timing wrapper adds well under a microsecond per call. Decode
+runs op by op here (`net.fused = False`); normally a token is one call (ops.decode).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def main() -> None:
     ntok = int(sys.argv[2]) if len(sys.argv) > 2 else 32
     rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 4
     model = engine.load(model_dir, max_context=rounds * ntok + 16)
+    model.net.fused = False  # op by op, as the Python path runs them, so each op is timed on its own
     ops.read_memory(model.weights.file._mmap, 64)  # the page cache holds the file
     nbytes = weight_handles(model.net)
     lib = ops._lib()

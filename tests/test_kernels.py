@@ -233,6 +233,51 @@ def test_arguments_are_checked():
                     np.zeros((2, 16, 64), np.float16), 0, 0.1)
 
 
+def test_decoder_plan_and_states_are_checked(tmp_path):
+    """The one-call decode checks its plan once and its caches at every call: a wrong shape or
+    position is an error, never a write outside a buffer."""
+    from helpers import make_hf_model
+
+    from cactus import _kernels as k
+    from cactus.convert import convert
+    from cactus.engine import load
+
+    hf_dir, _ = make_hf_model(tmp_path / "hf", "moe")
+    m = load(convert(hf_dir, tmp_path / "int4", quant="int4"), max_context=32)
+    net = m.net
+    layers = [(b.op.spec(), b.ffn.spec(), b.operator_norm, b.ffn_norm) for b in net.blocks]
+    plan = ops.decoder(layers, net.embed, net.norm, net.lm_head, 1e-5)
+    states = tuple((c.kt, c.v) if hasattr(c, "kt") else c.state for c in m.cache)
+    assert ops.decode(plan, 3, 0, states).shape == (1, net.cfg.vocab_size)
+    bad = list(layers)
+    bad[0] = (bad[0][0], bad[0][1], bad[0][2][:-1].copy(), bad[0][3])
+    with pytest.raises(ValueError, match="operator_norm"):
+        ops.decoder(bad, net.embed, net.norm, net.lm_head, 1e-5)
+    bad[0] = (("conv",) + layers[0][0][1:3], *layers[0][1:])
+    with pytest.raises(ValueError, match="layer 0"):
+        ops.decoder(bad, net.embed, net.norm, net.lm_head, 1e-5)
+    moe = next(i for i, lay in enumerate(layers) if lay[1][0] == "moe")
+    spec = list(layers[moe][1])
+    spec[6] = 99  # top_k > experts
+    bad = list(layers)
+    bad[moe] = (layers[moe][0], tuple(spec), *layers[moe][2:])
+    with pytest.raises(ValueError, match="top_k"):
+        ops.decoder(bad, net.embed, net.norm, net.lm_head, 1e-5)
+    with pytest.raises(ValueError, match="positions"):
+        ops.decode(plan, 3, 32, states)
+    with pytest.raises(IndexError):
+        ops.decode(plan, net.cfg.vocab_size, 1, states)
+    with pytest.raises(ValueError, match="tuple"):
+        ops.decode(plan, 3, 1, states[:-1])
+    conv = next(i for i, st in enumerate(states) if not isinstance(st, tuple))
+    wrong = list(states)
+    wrong[conv] = np.zeros((5, 5), np.float32)
+    with pytest.raises(ValueError, match="conv state"):
+        ops.decode(plan, 3, 1, tuple(wrong))
+    with pytest.raises(TypeError):
+        k.decode("not a plan", 3, 1, states)
+
+
 def test_isa_switches():
     with ops.use("ref"):
         assert ops.isa() == "ref"

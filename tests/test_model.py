@@ -108,6 +108,28 @@ def test_kernels_follow_the_reference_on_whole_models(case, tmp_path, quant):
     assert top1 >= (0.7 if moe else 0.9)
 
 
+@pytest.mark.parametrize("quant", ["f32", "int8", "int4"])
+def test_one_call_decode_equals_op_by_op(case, tmp_path, quant):
+    """A decoded token runs as one kernel call (ops.decode); prefill runs op by op. Both use the same
+    kernels in the same order, so every level gives the same logits bit for bit, conv state and KV
+    cache included (checked by decoding on from each)."""
+    hf_dir, model, ids = case
+    m = load(convert(hf_dir, tmp_path / quant, quant=quant))
+    for level in [lv for lv in ops.supported() if lv != "ref"]:
+        with ops.use(level):
+            m.reset()
+            m.forward(ids[:9])
+            start = m.snapshot()
+            runs = []
+            for fused in (True, False):
+                m.restore(start)
+                m.net.fused = fused
+                runs.append(np.concatenate([m.forward(ids[i:i + 1]) for i in range(9, len(ids))]))
+            m.net.fused = True
+        assert np.array_equal(runs[0], runs[1]), level
+        assert m.n_past == len(ids)
+
+
 def test_quantization_error_on_random_weights(tmp_path):
     """int8/int4 against the f32 original. Random tiny models have flat, chaotic logits, so these
     bounds are the measured error (see docs/FORMAT.md), not the issue's trained-model targets."""

@@ -356,6 +356,30 @@ def cache_attention(q: np.ndarray, kt: np.ndarray, v: np.ndarray, start: int) ->
     return k.attention(_f32(q), kt, v, start, q.shape[-1] ** -0.5)
 
 
+# ============================================================================ whole-token decode
+
+def decoder(layers: list[tuple], embed: QTensor, norm: np.ndarray, head: QTensor, eps: float):
+    """The C plan of one-token decode (`_kernels.Decoder`), or None on the 'ref' level. layers: per
+    layer (op, ffn, operator_norm, ffn_norm) with op ("conv", in_proj, out_proj, conv_w, conv_b, in_b,
+    out_b) or ("attention", q, k, v, o, q_norm, k_norm, H, Hkv, hd, theta), and ffn ("swiglu", w1, w3,
+    w2) or ("moe", gate, expert_bias, w1, w3, w2, top_k, norm_topk, scale); QTensors for weights."""
+    k = _lib()
+    if k is None:
+        return None
+
+    def handles(spec: tuple) -> tuple:
+        return tuple(_weight(v) if isinstance(v, QTensor) else v for v in spec)
+
+    plan = tuple((handles(op), handles(ffn), on, fn) for op, ffn, on, fn in layers)
+    return k.Decoder(plan, _weight(embed), norm, _weight(head), eps)
+
+
+def decode(plan, token: int, pos: int, states: tuple) -> np.ndarray:
+    """logits (1, vocab) of one token at position pos, all layers in one kernel call; states per
+    layer: the conv state, or (kt, v) of the KV cache (position pos is written)."""
+    return _lib().decode(plan, token, pos, states)
+
+
 # The plain names of the definitions, for callers that hold k, v themselves.
 attention = attention_ref
 short_conv = short_conv_ref

@@ -88,6 +88,9 @@ class ShortConv:
         y = ops.linear(ops.conv_gate(bcx, cache.state, self.conv, self.conv_b), self.out_proj)
         return y if self.out_b is None else y + self.out_b
 
+    def spec(self) -> tuple:
+        return ("conv", self.in_proj, self.out_proj, self.conv, self.conv_b, self.in_b, self.out_b)
+
 
 @dataclass
 class Attention:
@@ -112,6 +115,10 @@ class Attention:
         o = ops.cache_attention(ops.rope(q, pos, self.theta), cache.kt, cache.v, pos)
         return ops.linear(o.reshape(t, -1), self.out_proj)
 
+    def spec(self) -> tuple:
+        return ("attention", self.q_proj, self.k_proj, self.v_proj, self.out_proj, self.q_norm, self.k_norm,
+                self.n_heads, self.n_kv_heads, self.head_dim, self.theta)
+
 
 @dataclass
 class SwiGLU:
@@ -121,6 +128,9 @@ class SwiGLU:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return ops.swiglu(x, self.w1, self.w3, self.w2)
+
+    def spec(self) -> tuple:
+        return ("swiglu", self.w1, self.w3, self.w2)
 
 
 @dataclass
@@ -137,6 +147,9 @@ class MoE:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return ops.moe(x, self.gate, self.expert_bias, self.w1, self.w3, self.w2,
                        self.top_k, self.norm_topk, self.scale)
+
+    def spec(self) -> tuple:
+        return ("moe", self.gate, self.expert_bias, self.w1, self.w3, self.w2, self.top_k, self.norm_topk, self.scale)
 
 
 @dataclass
@@ -155,8 +168,11 @@ class Block:
 # ----------------------------------------------------------------------------- model
 
 class LFM2:
+    fused = True  # one token runs as one kernel call (ops.decode); False: op by op, as prefill does
+
     def __init__(self, cfg: ModelConfig, w: WeightDir):
         self.cfg = cfg
+        self._plan = None  # ops.decoder's plan, made at the first decoded token
         d, hd, e = cfg.hidden_size, cfg.head_dim, cfg.num_experts
         self.embed = w.tensor("model.embed_tokens.weight", (cfg.vocab_size, d))
         self.lm_head = self.embed if cfg.tie_word_embeddings else w.tensor("lm_head.weight", (cfg.vocab_size, d))
@@ -219,9 +235,23 @@ class LFM2:
 
     def forward(self, ids: np.ndarray, cache: list, pos: int, last_only: bool = False) -> np.ndarray:
         """ids (T,) at positions pos.. -> logits (T, vocab), or (1, vocab) with last_only."""
+        if len(ids) == 1 and self.fused and ops.isa() != "ref":
+            return self._decode(int(ids[0]), cache, pos)
         x = ops.embed(ids, self.embed)  # (T, D)
         for block, layer_cache in zip(self.blocks, cache, strict=True):
             x = block(x, layer_cache, pos)
         if last_only:
             x = x[-1:]
         return ops.linear(ops.rmsnorm(x, self.norm, self.cfg.norm_eps), self.lm_head)
+
+    def _decode(self, token: int, cache: list, pos: int) -> np.ndarray:
+        """One token through every layer in C: the ops of forward, in its order (bit-identical)."""
+        if self._plan is None:
+            self._plan = ops.decoder([(b.op.spec(), b.ffn.spec(), b.operator_norm, b.ffn_norm) for b in self.blocks],
+                                     self.embed, self.norm, self.lm_head, self.cfg.norm_eps)
+        states = tuple((c.kt, c.v) if isinstance(c, KVCache) else c.state for c in cache)
+        logits = ops.decode(self._plan, token, pos, states)
+        for c in cache:
+            if isinstance(c, KVCache):
+                c.length = pos + 1
+        return logits
