@@ -26,6 +26,48 @@ static inline int32_t ld32(const int8_t *p) { int32_t v; memcpy(&v, p, 4); retur
 
 /* ------------------------------------------------------------------ activations */
 
+/* act_extras (kernels_scalar.c) for G = 32, a block of 64 packed weight bytes at a time (int4: 4 groups,
+ * int8: 2 groups); other groups and group sizes go to the scalar loop. Decode quantizes ~175 vectors
+ * per 8B-A1B token on the calling thread while the others wait, where the scalar loop cost ~2 us each. */
+static void extras_avx512(const ActLayout *L, uint8_t *act, int64_t g0, int64_t g1) {
+    const int per = L->fmt == FMT_INT4 ? 4 : 2;  /* groups per block */
+    if (L->group != 32 || (L->fmt != FMT_INT4 && L->fmt != FMT_INT8) || g0 % per) {
+        act_extras(L, act, g0, g1);
+        return;
+    }
+    const int8_t *q = (const int8_t *)(act + L->off_q);
+    const float *s = (const float *)(act + L->off_s);
+    int32_t *corr = (int32_t *)(act + L->off_corr);
+    float *sl = (float *)(act + L->off_sl);
+    const __m512i ones = _mm512_set1_epi8(1), zero = _mm512_setzero_si512();
+    int64_t g = g0;
+    for (; g + per <= g1; g += per) {
+        const int64_t b = g / per;  /* block: 16 lanes of corr and sl */
+        const __m512i z0 = _mm512_loadu_si512(q + 32 * g);
+        __m512i sums;
+        __m128 sg;
+        if (L->fmt == FMT_INT4) {
+            /* groups g..g+3: the first 16 x's of each meet the low nibbles, the last 16 the high */
+            const __m512i z1 = _mm512_loadu_si512(q + 32 * g + 64);
+            const __m512i lo = _mm512_shuffle_i64x2(z0, z1, 0x88), hi = _mm512_shuffle_i64x2(z0, z1, 0xDD);
+            int8_t *qn = (int8_t *)(act + L->off_qn) + 128 * b;
+            _mm512_storeu_si512(qn, lo);
+            _mm512_storeu_si512(qn + 64, hi);
+            sums = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, ones, lo), ones, hi);
+            sums = _mm512_sub_epi32(zero, _mm512_slli_epi32(sums, 3));  /* -8 * sum */
+            sg = _mm_loadu_ps(s + g);
+        } else {
+            sums = _mm512_sub_epi32(zero, _mm512_slli_epi32(_mm512_dpbusd_epi32(zero, ones, z0), 7));  /* -128 * sum */
+            sg = _mm_castpd_ps(_mm_load_sd((const double *)(s + g)));
+        }
+        const __m512i lane_group = L->fmt == FMT_INT4 ? _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3)
+                                                      : _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+        _mm512_storeu_si512(corr + 16 * b, sums);
+        _mm512_storeu_ps(sl + 16 * b, _mm512_permutexvar_ps(lane_group, _mm512_castps128_ps512(sg)));
+    }
+    if (g < g1) act_extras(L, act, g, g1);
+}
+
 static void quantize_avx512(const ActLayout *L, uint8_t *act, const float *x, int64_t g0, int64_t g1) {
     const int64_t G = L->group, groups_q = L->kpa / G;
     if (G % 16) { quantize_scalar(L, act, x, g0, g1); return; }
@@ -58,7 +100,7 @@ static void quantize_avx512(const ActLayout *L, uint8_t *act, const float *x, in
         s[g] = d;
         sum[g] = _mm512_reduce_add_epi32(acc);
     }
-    act_extras(L, act, g0, g1 < groups_q ? g1 : groups_q);
+    extras_avx512(L, act, g0, g1 < groups_q ? g1 : groups_q);
 }
 
 /* ------------------------------------------------------------------ decode: rows in place */
