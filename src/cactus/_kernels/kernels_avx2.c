@@ -227,55 +227,90 @@ static void pack_panel8(uint8_t *P, float *PS, const QMat *w, int64_t r0, int64_
         for (int i = 0; i < 8; i++) PS[g * 8 + i] = _cvtsh_ss(sc[i][g]);
 }
 
-static inline void panel8_gemm(float *y, int64_t ldy, const uint8_t *P, const float *PS, int64_t ng,
-                               const ActLayout *L, const uint8_t *act, int64_t nt, int64_t rows, const int int4) {
+/* y[0..rows) = the first rows lanes of v (rows <= 8) */
+static inline void store_rows(float *y, __m256 v, int64_t rows) {
+    if (rows == 8) { _mm256_storeu_ps(y, v); return; }
+    float out[8];
+    _mm256_storeu_ps(out, v);
+    memcpy(y, out, (size_t)rows * 4);
+}
+
+/* y (nt, rows) for one int4 panel: 4 tokens at a time, each token's int16 sum of a group kept in
+ * its own register and added in order (written out so the compiler neither reassociates the
+ * adds into a tree nor spills the accumulators: that cost a third of the speed). */
+static void panel8_int4(float *y, int64_t ldy, const uint8_t *P, const float *PS, int64_t ng,
+                        const ActLayout *L, const uint8_t *act, int64_t nt, int64_t rows) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    const __m256i *pw = (const __m256i *)P;
+    for (int64_t t0 = 0; t0 < nt; t0 += 4) {
+        const int tb = (int)(nt - t0 < 4 ? nt - t0 : 4);
+        const uint8_t *a[4];
+        for (int t = 0; t < 4; t++) a[t] = act + (t0 + (t < tb ? t : tb - 1)) * L->stride;
+        const int8_t *q0 = (const int8_t *)(a[0] + L->off_q), *q1 = (const int8_t *)(a[1] + L->off_q);
+        const int8_t *q2 = (const int8_t *)(a[2] + L->off_q), *q3 = (const int8_t *)(a[3] + L->off_q);
+        __m256 f0 = _mm256_setzero_ps(), f1 = f0, f2 = f0, f3 = f0;
+        for (int64_t g = 0; g < ng; g++) {
+            const __m256i *wg = pw + 8 * g;
+            const int64_t e = 32 * g;
+            __m256i wv = _mm256_loadu_si256(wg);
+            __m256i h0 = _mm256_maddubs_epi16(wv, _mm256_set1_epi32(*(const i32u *)(q0 + e)));
+            __m256i h1 = _mm256_maddubs_epi16(wv, _mm256_set1_epi32(*(const i32u *)(q1 + e)));
+            __m256i h2 = _mm256_maddubs_epi16(wv, _mm256_set1_epi32(*(const i32u *)(q2 + e)));
+            __m256i h3 = _mm256_maddubs_epi16(wv, _mm256_set1_epi32(*(const i32u *)(q3 + e)));
+#pragma GCC unroll 7
+            for (int c = 1; c < 8; c++) {
+                wv = _mm256_loadu_si256(wg + c);
+                h0 = _mm256_add_epi16(h0, _mm256_maddubs_epi16(wv, _mm256_set1_epi32(*(const i32u *)(q0 + e + 4 * c))));
+                h1 = _mm256_add_epi16(h1, _mm256_maddubs_epi16(wv, _mm256_set1_epi32(*(const i32u *)(q1 + e + 4 * c))));
+                h2 = _mm256_add_epi16(h2, _mm256_maddubs_epi16(wv, _mm256_set1_epi32(*(const i32u *)(q2 + e + 4 * c))));
+                h3 = _mm256_add_epi16(h3, _mm256_maddubs_epi16(wv, _mm256_set1_epi32(*(const i32u *)(q3 + e + 4 * c))));
+                __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));  /* keep the order: no add tree */
+            }
+            const __m256 sw = _mm256_loadu_ps(PS + 8 * g);
+#define FOLD(f, h, t)                                                                                          \
+    f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_madd_epi16(h, ones),                         \
+                            _mm256_slli_epi32(_mm256_set1_epi32(((const int32_t *)(a[t] + L->off_sum))[g]), 3))), \
+                        _mm256_mul_ps(sw, _mm256_set1_ps(((const float *)(a[t] + L->off_s))[g])), f)
+            FOLD(f0, h0, 0); FOLD(f1, h1, 1); FOLD(f2, h2, 2); FOLD(f3, h3, 3);
+#undef FOLD
+        }
+        const __m256 f[4] = {f0, f1, f2, f3};
+        for (int t = 0; t < tb; t++) store_rows(y + (t0 + t) * ldy, f[t], rows);
+    }
+}
+
+/* int8: |x| times (w with x's sign); the pairs reach 2 * 127 * 127, so each vector is widened. */
+static void panel8_int8(float *y, int64_t ldy, const uint8_t *P, const float *PS, int64_t ng,
+                        const ActLayout *L, const uint8_t *act, int64_t nt, int64_t rows) {
     const __m256i ones = _mm256_set1_epi16(1);
     const __m256i *pw = (const __m256i *)P;
     for (int64_t t0 = 0; t0 < nt; t0 += 4) {
         const int tb = (int)(nt - t0 < 4 ? nt - t0 : 4);
         const int8_t *q[4];
         const float *s[4];
-        const int32_t *sum[4];
         for (int t = 0; t < 4; t++) {
             const uint8_t *a = act + (t0 + (t < tb ? t : tb - 1)) * L->stride;
             q[t] = (const int8_t *)(a + L->off_q);
             s[t] = (const float *)(a + L->off_s);
-            sum[t] = (const int32_t *)(a + L->off_sum);
         }
         __m256 f[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
         for (int64_t g = 0; g < ng; g++) {
             __m256i h[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
                             _mm256_setzero_si256()};
             const __m256 sw = _mm256_loadu_ps(PS + 8 * g);
-            if (int4) {
 #pragma GCC unroll 8
-                for (int c = 0; c < 8; c++) {
-                    const __m256i wv = _mm256_loadu_si256(pw + g * 8 + c);
-                    for (int t = 0; t < 4; t++)
-                        h[t] = _mm256_add_epi16(h[t], _mm256_maddubs_epi16(
-                            wv, _mm256_set1_epi32(*(const i32u *)(q[t] + 32 * g + 4 * c))));
-                }
-                for (int t = 0; t < 4; t++)
-                    h[t] = _mm256_sub_epi32(_mm256_madd_epi16(h[t], ones), _mm256_set1_epi32(8 * sum[t][g]));
-            } else {  /* int8: |x| times (w with x's sign), pairs <= 2 * 127 * 127: widened per vector */
-#pragma GCC unroll 8
-                for (int c = 0; c < 8; c++) {
-                    const __m256i wv = _mm256_loadu_si256(pw + g * 8 + c);
-                    for (int t = 0; t < 4; t++) {
-                        const __m256i xb = _mm256_set1_epi32(*(const i32u *)(q[t] + 32 * g + 4 * c));
-                        h[t] = _mm256_add_epi32(h[t], _mm256_madd_epi16(
-                            _mm256_maddubs_epi16(_mm256_abs_epi8(xb), _mm256_sign_epi8(wv, xb)), ones));
-                    }
+            for (int c = 0; c < 8; c++) {
+                const __m256i wv = _mm256_loadu_si256(pw + g * 8 + c);
+                for (int t = 0; t < 4; t++) {
+                    const __m256i xb = _mm256_set1_epi32(*(const i32u *)(q[t] + 32 * g + 4 * c));
+                    h[t] = _mm256_add_epi32(h[t], _mm256_madd_epi16(
+                        _mm256_maddubs_epi16(_mm256_abs_epi8(xb), _mm256_sign_epi8(wv, xb)), ones));
                 }
             }
             for (int t = 0; t < 4; t++)
                 f[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(h[t]), _mm256_mul_ps(sw, _mm256_set1_ps(s[t][g])), f[t]);
         }
-        for (int t = 0; t < tb; t++) {
-            float out[8];
-            _mm256_storeu_ps(out, f[t]);
-            memcpy(y + (t0 + t) * ldy, out, (size_t)rows * 4);
-        }
+        for (int t = 0; t < tb; t++) store_rows(y + (t0 + t) * ldy, f[t], rows);
     }
 }
 
@@ -288,8 +323,8 @@ static void qgemm_avx2(float *y, int64_t ldy, const QMat *w, const ActLayout *L,
         for (int64_t r = r0; r < r1; r += 8) {
             const int64_t re = r + 8 < r1 ? r + 8 : r1;
             pack_panel8(P, PS, w, r, re);
-            if (w->fmt == FMT_INT4) panel8_gemm(y + r, ldy, P, PS, w->ng, L, act, nt, re - r, 1);
-            else panel8_gemm(y + r, ldy, P, PS, w->ng, L, act, nt, re - r, 0);
+            if (w->fmt == FMT_INT4) panel8_int4(y + r, ldy, P, PS, w->ng, L, act, nt, re - r);
+            else panel8_int8(y + r, ldy, P, PS, w->ng, L, act, nt, re - r);
         }
         return;
     }
