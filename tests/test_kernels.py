@@ -100,6 +100,28 @@ def test_moe(level, fmt, t):
 
 
 @pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+@pytest.mark.parametrize("fewest", [1, 4])
+def test_moe_experts_by_pairs_per_expert(level, fmt, fewest):
+    """Experts with 4 or more pairs run the panel kernels; one with fewer runs the decode kernels,
+    which need the activation extras (ActLayout.extras): both mixes match the spec."""
+    e, a, d, i, t = 4, 2, 64, 40, 12
+    w1, w3, w2 = weight(fmt, i, d, lead=(e,)), weight(fmt, i, d, lead=(e,)), weight(fmt, d, i, lead=(e,))
+    x = RNG.standard_normal((t, d)).astype(np.float32)
+    idx = np.stack([np.arange(t) % 2, 2 + (np.arange(t) >= fewest)], axis=1).astype(np.int32)  # expert 2: `fewest` pairs
+    wts = RNG.random((t, a)).astype(np.float32)
+    want = np.zeros_like(x)
+    for ex in np.unique(idx):
+        tok, slot = np.nonzero(idx == ex)
+        h = ops.silu_mul_ref(spec_linear(x[tok], w1[ex]), spec_linear(x[tok], w3[ex]))
+        np.add.at(want, tok, spec_linear(h, w2[ex]) * wts[tok, slot][:, None])
+    assert np.bincount(idx.ravel()).min() == fewest
+    with ops.use(level):
+        got = ops.moe_experts(x, idx, wts, w1, w3, w2)
+    assert rel(got, want) < 2e-5
+
+
+@pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("kv", [np.float16, np.float32])
 @pytest.mark.parametrize("t,start,h,hkv,hd", [(1, 0, 8, 2, 64), (1, 300, 8, 2, 64), (20, 13, 4, 2, 64),
                                               (5, 3, 4, 1, 12), (3, 40, 6, 3, 16)])

@@ -101,6 +101,7 @@ int drv_linear(const Ctx *c, float *y, const float *x, int64_t T, const QMat *w)
     j.cr = chunk_rows(w->n, nth, T);
     if (is_int(w)) {
         act_layout(&j.L, w->k, w->group, w->fmt);
+        j.L.extras = T < PANEL_MIN_T;
         j.per = (kernels_scratch_bytes(w->kp) + 63) / 64 * 64;
         j.act = scratch_alloc(c, (size_t)(T * j.L.stride) + j.per * nth);
         if (!j.act) return -1;
@@ -165,6 +166,7 @@ int drv_swiglu(const Ctx *c, float *y, const float *x, int64_t T, const QMat *w1
     size_t need = (size_t)(2 * T * I) * 4;
     if (is_int(w1)) { act_layout(&j.L1, D, w1->group, w1->fmt); need += (size_t)(T * j.L1.stride); }
     if (is_int(w2)) { act_layout(&j.L2, I, w2->group, w2->fmt); need += (size_t)(T * j.L2.stride); }
+    j.L1.extras = j.L2.extras = T < PANEL_MIN_T;
     size_t s1 = is_int(w1) ? kernels_scratch_bytes(w1->kp) : 0, s2 = is_int(w2) ? kernels_scratch_bytes(w2->kp) : 0;
     j.per = ((s1 > s2 ? s1 : s2) + 63) / 64 * 64;
     need += j.per * nth + 256;
@@ -301,15 +303,17 @@ int drv_moe(const Ctx *c, float *y, const float *x, int64_t T, const int32_t *id
     j.scr = p;
 #undef R64
     /* counting sort of the (token, slot) pairs by expert: ascending experts, tokens in order */
-    int64_t *cnt = j.cnt, nact = 0, off = 0;
+    int64_t *cnt = j.cnt, nact = 0, off = 0, fewest = P;
     memset(cnt, 0, (size_t)E * 8);
     for (int64_t q = 0; q < P; q++) cnt[idx[q]]++;
     for (int64_t e = 0; e < E; e++) {
         int64_t n = cnt[e];
         cnt[e] = off;  /* now the write cursor of expert e */
         if (n) { j.experts[nact] = (int32_t)e; j.start[nact] = off; nact++; }
+        if (n && n < fewest) fewest = n;
         off += n;
     }
+    j.L1.extras = j.L2.extras = fewest < PANEL_MIN_T;  /* an expert with few pairs runs the decode kernels */
     j.start[nact] = P;
     j.nact = nact;
     for (int64_t q = 0; q < P; q++) {

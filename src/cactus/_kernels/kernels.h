@@ -41,6 +41,8 @@ typedef struct {
 typedef struct {
     int64_t k, kp, kpa, ng, nga;
     int32_t group, fmt;
+    int32_t extras;  /* 1 (act_layout's default): quantize fills qn/corr/sl. Only the decode kernels
+                      * read them (qgemm with nt < PANEL_MIN_T); ops that never make such a call clear it */
     int64_t off_q, off_s, off_sum, off_qn, off_corr, off_sl, stride; /* bytes; stride = one token */
 } ActLayout;
 
@@ -88,6 +90,7 @@ static inline void prefetch_scales(const QMat *w, int64_t r) {
 }
 
 #define KERNEL_PANEL 16                      /* rows per packed panel (prefill) */
+#define PANEL_MIN_T 4                        /* qgemm of this many tokens or more runs on packed panels */
 #define ATTN_BLOCK 16                        /* positions per key block */
 size_t kernels_scratch_bytes(int64_t kp);    /* per-thread qgemm scratch */
 size_t attn_scratch_floats(int64_t R, int64_t hd);

@@ -49,6 +49,24 @@ static void quantize_avx2(const ActLayout *L, uint8_t *act, const float *x, int6
         }
         const float d = hmax8(amax) / 127.0f;
         const __m256 dv = _mm256_set1_ps(d);
+        if (G == 32 && (g + 1) * G <= L->k && d != 0.0f) {  /* a full group: packed to bytes in vectors */
+            __m256i r[4];
+            for (int j = 0; j < 4; j++) {
+                const __m256 v = _mm256_loadu_ps(x + g * G + 8 * j);
+                r[j] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_div_ps(v, dv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+                r[j] = _mm256_max_epi32(_mm256_min_epi32(r[j], _mm256_set1_epi32(127)), _mm256_set1_epi32(-127));
+            }
+            const __m256i t = _mm256_add_epi32(_mm256_add_epi32(r[0], r[1]), _mm256_add_epi32(r[2], r[3]));
+            __m128i t4 = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+            t4 = _mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0x4E));
+            t4 = _mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0xB1));
+            /* packs work within 128-bit lanes: bytes come out as r0[0:4] r1[0:4] r2[0:4] r3[0:4] | r0[4:8] ... */
+            const __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(r[0], r[1]), _mm256_packs_epi32(r[2], r[3]));
+            _mm256_storeu_si256((__m256i *)(q + g * G), _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+            s[g] = d;
+            sum[g] = _mm_cvtsi128_si32(t4);
+            continue;
+        }
         int32_t acc = 0;
         for (int64_t j = 0; j < G; j += 8) {
             int64_t e = g * G + j, n = L->k - e;
@@ -164,7 +182,7 @@ static float dot_int8(const uint8_t *row, const uint16_t *sw, int64_t ng, const 
 
 /* ------------------------------------------------------------------ int4 prefill: 8-row panels */
 
-/* Prefill (nt >= 4 tokens, G = 32): 8 rows are packed into a panel where each 32-bit lane holds 4
+/* Prefill (nt >= PANEL_MIN_T tokens, G = 32): 8 rows are packed into a panel where each 32-bit lane holds 4
  * weights of one row (int4 unpacked to u = q + 8, one byte each; int8 as stored), group-major: vector c of group g holds
  * elements 4c..4c+3 of the group for rows 0..7. Then for 4 tokens at a time, vpmaddubsw (u x s8
  * pairs) against a broadcast of the token's 4 activation bytes; a group's 8 products are summed in
@@ -317,7 +335,7 @@ static void panel8_int8(float *y, int64_t ldy, const uint8_t *P, const float *PS
 static void qgemm_avx2(float *y, int64_t ldy, const QMat *w, const ActLayout *L, const uint8_t *act,
                        int64_t nt, int64_t r0, int64_t r1, uint8_t *scratch) {
     if (w->group != 32) { qgemm_scalar(y, ldy, w, L, act, nt, r0, r1, scratch); return; }
-    if (nt >= 4) {
+    if (nt >= PANEL_MIN_T) {
         uint8_t *P = (uint8_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
         float *PS = (float *)(P + 8 * 32 * w->ng);
         for (int64_t r = r0; r < r1; r += 8) {

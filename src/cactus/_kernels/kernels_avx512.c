@@ -31,6 +31,7 @@ static inline int32_t ld32(const int8_t *p) { int32_t v; memcpy(&v, p, 4); retur
  * per 8B-A1B token on the calling thread while the others wait, where the scalar loop cost ~2 us each. */
 static void extras_avx512(const ActLayout *L, uint8_t *act, int64_t g0, int64_t g1) {
     const int per = L->fmt == FMT_INT4 ? 4 : 2;  /* groups per block */
+    if (!L->extras) return;
     if (L->group != 32 || (L->fmt != FMT_INT4 && L->fmt != FMT_INT8) || g0 % per) {
         act_extras(L, act, g0, g1);
         return;
@@ -382,7 +383,7 @@ static void panel_gemm(float *y, int64_t ldy, const uint8_t *P, const float *PS,
 static inline void qgemm_avx512_t(float *y, int64_t ldy, const QMat *w, const ActLayout *L, const uint8_t *act,
                                   int64_t nt, int64_t r0, int64_t r1, uint8_t *scratch, const int gfni) {
     if (w->group % 32) { qgemm_scalar(y, ldy, w, L, act, nt, r0, r1, scratch); return; }
-    if (w->group == 32 && nt < 4) {
+    if (w->group == 32 && nt < PANEL_MIN_T) {
         /* decode: rows r and r + h in step, h = half the range, so that each is one sequential
          * stream (two rows side by side read worse from DRAM: 81-84% of the read bandwidth with
          * two threads against 84-92% for rows half a range apart, same arithmetic) */

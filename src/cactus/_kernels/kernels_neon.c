@@ -110,7 +110,7 @@ static void dot2_g32(float y[2], const QMat *w, const uint8_t *ra, const uint8_t
     }
 }
 
-/* Prefill (nt >= 4 tokens, G = 32): 4 rows are packed into a panel where each 32-bit lane holds
+/* Prefill (nt >= PANEL_MIN_T tokens, G = 32): 4 rows are packed into a panel where each 32-bit lane holds
  * 4 signed weights of one row (int4 unpacked to q = u - 8, int8 as stored), group-major: vector c
  * of group g holds elements 4c..4c+3 of the group for rows 0..3. Then per token, the group's 32
  * activation bytes are two registers and `sdot` by element multiplies each weight vector by one
@@ -213,7 +213,7 @@ static void panel4_gemm(float *y, int64_t ldy, const int8_t *P, const float *PS,
 
 static void qgemm_neon(float *y, int64_t ldy, const QMat *w, const ActLayout *L, const uint8_t *act,
                        int64_t nt, int64_t r0, int64_t r1, uint8_t *scratch) {
-    if (w->group == 32 && nt >= 4) {
+    if (w->group == 32 && nt >= PANEL_MIN_T) {
         int8_t *P = (int8_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
         float *PS = (float *)(P + 4 * 32 * w->ng);
         for (int64_t r = r0; r < r1; r += 4) {

@@ -59,6 +59,7 @@ void act_layout(ActLayout *L, int64_t k, int32_t group, int32_t fmt) {
     L->k = k;
     L->group = group;
     L->fmt = fmt;
+    L->extras = 1;
     L->kp = (k + group - 1) / group * group;
     L->ng = L->kp / group;
     L->kpa = (L->kp + 255) / 256 * 256;
@@ -126,6 +127,7 @@ void act_extras(const ActLayout *L, uint8_t *act, int64_t g0, int64_t g1) {
     const float *s = (const float *)(act + L->off_s);
     int32_t *corr = (int32_t *)(act + L->off_corr);
     float *sl = (float *)(act + L->off_sl);
+    if (!L->extras) return;
     for (int64_t g = g0; g < g1; g++) {
         if (L->fmt == FMT_INT4) {
             int8_t *qn = (int8_t *)(act + L->off_qn);
