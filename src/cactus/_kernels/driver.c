@@ -23,6 +23,13 @@ static int64_t chunk_rows(int64_t n, int nth, int64_t T) {
 
 #define EACH(ph, n, c) for (int64_t c; (c = phase_claim(ph)) < (n); phase_done(ph))
 
+/* The pool's job kind (pool.h). Decode jobs take microseconds, and a wake-up can cost more than a
+ * thread brings, so the pool times them both ways. Prefill jobs always run on every thread: their
+ * many chunks are claimed as threads arrive, so a late thread only misses chunks, while each trial
+ * of the caller alone cost a whole prefill job (12 per kind: 6 of the 22 MoE layers of an 8B-A1B
+ * 512-token prefill ran on one thread). */
+static int job_kind(int op, int64_t T) { return T > 1 ? -1 : 2 * op; }
+
 static int is_int(const QMat *w) { return w->fmt == FMT_INT8 || w->fmt == FMT_INT4; }
 
 /* bytes of one weight matrix (data and scales): the pool's measure of a job's size */
@@ -108,7 +115,7 @@ int drv_linear(const Ctx *c, float *y, const float *x, int64_t T, const QMat *w)
         j.scr = j.act + T * j.L.stride;
         if (T == 1) quantize_tokens(c, &j.L, j.act, x, w->k, 0, 1);
     }
-    pool_run(c->pool, lin_job, &j, wbytes(w) * (double)T, 0 + (T > 1));
+    pool_run(c->pool, lin_job, &j, wbytes(w) * (double)T, job_kind(0, T));
     scratch_free(c, j.act);
     return 0;
 }
@@ -178,7 +185,7 @@ int drv_swiglu(const Ctx *c, float *y, const float *x, int64_t T, const QMat *w1
     if (is_int(w2)) { j.hact = p; p += T * j.L2.stride; }
     j.scr = p;
     if (is_int(w1) && T == 1) quantize_tokens(c, &j.L1, j.xact, x, D, 0, 1);
-    pool_run(c->pool, ffn_job, &j, (wbytes(w1) + wbytes(w3) + wbytes(w2)) * (double)T, 2 + (T > 1));
+    pool_run(c->pool, ffn_job, &j, (wbytes(w1) + wbytes(w3) + wbytes(w2)) * (double)T, job_kind(1, T));
     scratch_free(c, mem);
     return 0;
 }
@@ -323,7 +330,7 @@ int drv_moe(const Ctx *c, float *y, const float *x, int64_t T, const int32_t *id
     }
     memset(y, 0, (size_t)(T * D) * 4);
     if (T == 1 && is_int(&w1->m)) quantize_tokens(c, &j.L1, j.xact, x, D, 0, 1);
-    pool_run(c->pool, moe_job, &j, (wbytes(&w1->m) + wbytes(&w3->m) + wbytes(&w2->m)) * (double)P, 4 + (T > 1));
+    pool_run(c->pool, moe_job, &j, (wbytes(&w1->m) + wbytes(&w3->m) + wbytes(&w2->m)) * (double)P, job_kind(2, T));
     scratch_free(c, mem);
     return 0;
 }
@@ -379,7 +386,7 @@ int drv_attention(const Ctx *c, float *out, const float *q, int64_t T, int64_t H
     j.per = (j.per + 15) / 16 * 16;
     j.scr = scratch_alloc(c, j.per * 4 * (size_t)nth);
     if (!j.scr) return -1;
-    pool_run(c->pool, attn_job, &j, 4.0 * (double)(Hkv * (start + T) * hd) * (kv_f16 ? 2 : 4) * (double)T, 6 + (T > 1));
+    pool_run(c->pool, attn_job, &j, 4.0 * (double)(Hkv * (start + T) * hd) * (kv_f16 ? 2 : 4) * (double)T, job_kind(3, T));
     scratch_free(c, j.scr);
     return 0;
 }
