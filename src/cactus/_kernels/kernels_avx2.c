@@ -297,52 +297,72 @@ static void panel8_int4(float *y, int64_t ldy, const uint8_t *P, const float *PS
     }
 }
 
-/* int8: |x| times (w with x's sign); the pairs reach 2 * 127 * 127, so each vector is widened. */
-static void panel8_int8(float *y, int64_t ldy, const uint8_t *P, const float *PS, int64_t ng,
-                        const ActLayout *L, const uint8_t *act, int64_t nt, int64_t rows) {
+/* int8: |x| times (w with x's sign); the pairs reach 2 * 127 * 127, so each vector is widened.
+ * 16 rows (two 8-row panels, P and P + 8 * 32 * ng) by 2 tokens: each broadcast and |x| serves two
+ * rows' vectors, one fewer instruction per vpmaddubsw than 8 rows by 4 tokens. */
+static void panel16_int8(float *y, int64_t ldy, const uint8_t *P, const float *PS, int64_t ng,
+                         const ActLayout *L, const uint8_t *act, int64_t nt, int64_t rows) {
     const __m256i ones = _mm256_set1_epi16(1);
-    const __m256i *pw = (const __m256i *)P;
-    for (int64_t t0 = 0; t0 < nt; t0 += 4) {
-        const int tb = (int)(nt - t0 < 4 ? nt - t0 : 4);
-        const int8_t *q[4];
-        const float *s[4];
-        for (int t = 0; t < 4; t++) {
-            const uint8_t *a = act + (t0 + (t < tb ? t : tb - 1)) * L->stride;
-            q[t] = (const int8_t *)(a + L->off_q);
-            s[t] = (const float *)(a + L->off_s);
-        }
-        __m256 f[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    const __m256i *p0 = (const __m256i *)P, *p1 = p0 + 8 * ng;
+    const float *ps1 = PS + 8 * ng;
+    for (int64_t t0 = 0; t0 < nt; t0 += 2) {
+        const int tb = nt - t0 < 2 ? 1 : 2;
+        const uint8_t *a0 = act + t0 * L->stride, *a1 = act + (t0 + tb - 1) * L->stride;
+        const int8_t *q0 = (const int8_t *)(a0 + L->off_q), *q1 = (const int8_t *)(a1 + L->off_q);
+        const float *s0 = (const float *)(a0 + L->off_s), *s1 = (const float *)(a1 + L->off_s);
+        __m256 f00 = _mm256_setzero_ps(), f01 = f00, f10 = f00, f11 = f00;  /* f<token><half> */
         for (int64_t g = 0; g < ng; g++) {
-            __m256i h[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
-                            _mm256_setzero_si256()};
-            const __m256 sw = _mm256_loadu_ps(PS + 8 * g);
+            __m256i h00 = _mm256_setzero_si256(), h01 = h00, h10 = h00, h11 = h00;
 #pragma GCC unroll 8
             for (int c = 0; c < 8; c++) {
-                const __m256i wv = _mm256_loadu_si256(pw + g * 8 + c);
-                for (int t = 0; t < 4; t++) {
-                    const __m256i xb = _mm256_set1_epi32(*(const i32u *)(q[t] + 32 * g + 4 * c));
-                    h[t] = _mm256_add_epi32(h[t], _mm256_madd_epi16(
-                        _mm256_maddubs_epi16(_mm256_abs_epi8(xb), _mm256_sign_epi8(wv, xb)), ones));
-                }
+                const __m256i w0 = _mm256_loadu_si256(p0 + g * 8 + c), w1 = _mm256_loadu_si256(p1 + g * 8 + c);
+                const __m256i x0 = _mm256_set1_epi32(*(const i32u *)(q0 + 32 * g + 4 * c)), ax0 = _mm256_abs_epi8(x0);
+                h00 = _mm256_add_epi32(h00, _mm256_madd_epi16(_mm256_maddubs_epi16(ax0, _mm256_sign_epi8(w0, x0)), ones));
+                h01 = _mm256_add_epi32(h01, _mm256_madd_epi16(_mm256_maddubs_epi16(ax0, _mm256_sign_epi8(w1, x0)), ones));
+                const __m256i x1 = _mm256_set1_epi32(*(const i32u *)(q1 + 32 * g + 4 * c)), ax1 = _mm256_abs_epi8(x1);
+                h10 = _mm256_add_epi32(h10, _mm256_madd_epi16(_mm256_maddubs_epi16(ax1, _mm256_sign_epi8(w0, x1)), ones));
+                h11 = _mm256_add_epi32(h11, _mm256_madd_epi16(_mm256_maddubs_epi16(ax1, _mm256_sign_epi8(w1, x1)), ones));
+                __asm__("" : "+x"(h00), "+x"(h01), "+x"(h10), "+x"(h11));  /* keep the order: no add tree */
             }
-            for (int t = 0; t < 4; t++)
-                f[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(h[t]), _mm256_mul_ps(sw, _mm256_set1_ps(s[t][g])), f[t]);
+            const __m256 sw0 = _mm256_loadu_ps(PS + 8 * g), sw1 = _mm256_loadu_ps(ps1 + 8 * g);
+            const __m256 x0s = _mm256_set1_ps(s0[g]), x1s = _mm256_set1_ps(s1[g]);
+            f00 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(h00), _mm256_mul_ps(sw0, x0s), f00);
+            f01 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(h01), _mm256_mul_ps(sw1, x0s), f01);
+            f10 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(h10), _mm256_mul_ps(sw0, x1s), f10);
+            f11 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(h11), _mm256_mul_ps(sw1, x1s), f11);
         }
-        for (int t = 0; t < tb; t++) store_rows(y + (t0 + t) * ldy, f[t], rows);
+        const int64_t r0 = rows < 8 ? rows : 8, r1 = rows - r0;
+        store_rows(y + t0 * ldy, f00, r0);
+        if (r1 > 0) store_rows(y + t0 * ldy + 8, f01, r1);
+        if (tb == 2) {
+            store_rows(y + (t0 + 1) * ldy, f10, r0);
+            if (r1 > 0) store_rows(y + (t0 + 1) * ldy + 8, f11, r1);
+        }
     }
 }
+
+_Static_assert(KERNEL_PANEL >= 16, "the int8 prefill packs 16 rows into the qgemm scratch");
 
 static void qgemm_avx2(float *y, int64_t ldy, const QMat *w, const ActLayout *L, const uint8_t *act,
                        int64_t nt, int64_t r0, int64_t r1, uint8_t *scratch) {
     if (w->group != 32) { qgemm_scalar(y, ldy, w, L, act, nt, r0, r1, scratch); return; }
     if (nt >= PANEL_MIN_T) {
         uint8_t *P = (uint8_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
-        float *PS = (float *)(P + 8 * 32 * w->ng);
-        for (int64_t r = r0; r < r1; r += 8) {
-            const int64_t re = r + 8 < r1 ? r + 8 : r1;
-            pack_panel8(P, PS, w, r, re);
-            if (w->fmt == FMT_INT4) panel8_int4(y + r, ldy, P, PS, w->ng, L, act, nt, re - r);
-            else panel8_int8(y + r, ldy, P, PS, w->ng, L, act, nt, re - r);
+        if (w->fmt == FMT_INT4) {
+            float *PS = (float *)(P + 8 * 32 * w->ng);
+            for (int64_t r = r0; r < r1; r += 8) {
+                const int64_t re = r + 8 < r1 ? r + 8 : r1;
+                pack_panel8(P, PS, w, r, re);
+                panel8_int4(y + r, ldy, P, PS, w->ng, L, act, nt, re - r);
+            }
+        } else {  /* two 8-row panels back to back, then their scales (scratch holds KERNEL_PANEL rows) */
+            float *PS = (float *)(P + 16 * 32 * w->ng);
+            for (int64_t r = r0; r < r1; r += 16) {
+                const int64_t re = r + 16 < r1 ? r + 16 : r1, rm = r + 8 < re ? r + 8 : re;
+                pack_panel8(P, PS, w, r, rm);
+                pack_panel8(P + 8 * 32 * w->ng, PS + 8 * w->ng, w, rm, re);  /* rm == re: repeats row re - 1 */
+                panel16_int8(y + r, ldy, P, PS, w->ng, L, act, nt, re - r);
+            }
         }
         return;
     }
