@@ -48,6 +48,10 @@ struct Pool {
 #define EXPLORE_EVERY 1000  /* measured jobs of a kind between re-measurements of the other mode: at
                              * ~65% speed for the 12 explored jobs, 1000 costs ~0.6% where 200 cost ~3% */
 #define EXPLORE_JOBS 12
+#define SOLO_MARGIN 0.85    /* the caller alone must be this much faster per byte to take over: a kind mixes
+                             * shapes and 12 jobs are a noisy sample. On a Zen 3 two-core VM a trial read
+                             * 0.069 against 0.069 ns/byte and ran 350M's linears alone for 1000 jobs, while
+                             * two threads decode it 1.45x faster than one; a busy second core costs 2x */
 
 typedef struct { Pool *p; int tid; } Start;
 
@@ -187,7 +191,7 @@ void pool_run(Pool *p, pool_fn fn, void *arg, double cost, int kind) {
         if (p->explore_left[kind] > 0) {
             if (--p->explore_left[kind] == 0) {  /* choose the faster way */
                 const double *rt = p->rate[kind];
-                p->mode[kind] = rt[1] > 0.0 && rt[1] < rt[0] ? 1 : 0;
+                p->mode[kind] = rt[1] > 0.0 && rt[1] < SOLO_MARGIN * rt[0] ? 1 : 0;
                 p->until_explore[kind] = EXPLORE_EVERY;
             }
         } else if (--p->until_explore[kind] <= 0) {
