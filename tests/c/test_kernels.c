@@ -89,7 +89,9 @@ static void test_gemm(const Kernels *k, int fmt, int64_t T, int64_t n, int64_t k
     free(x); free(y); free(ref); free(w.data); free(w.scales);
 }
 
-static void test_attn(const Kernels *k, int f16, int64_t R, int64_t hd, int64_t S) {
+/* step: rows per limit (4: a GQA group at one position; 1: every row its own limit, so a block of
+ * 4 rows mixes limits and the last key block can lie past some rows' limits). */
+static void test_attn(const Kernels *k, int f16, int64_t R, int64_t hd, int64_t S, int64_t step) {
     const int64_t nb = (S + 15) / 16, cap = nb * 16;
     float *q = malloc((size_t)(R * hd) * 4), *o = malloc((size_t)(R * hd) * 4), *ref = malloc((size_t)(R * hd) * 4);
     float *scr = malloc(attn_scratch_floats(R, hd) * 4);
@@ -102,11 +104,12 @@ static void test_attn(const Kernels *k, int f16, int64_t R, int64_t hd, int64_t 
         if (f16) { ((uint16_t *)kt)[i] = f32_to_f16(a); ((uint16_t *)v)[i] = f32_to_f16(b); }
         else { ((float *)kt)[i] = a; ((float *)v)[i] = b; }
     }
-    for (int64_t r = 0; r < R; r++) lim[r] = S - (R - 1 - r) / 4;  /* causal: later rows see more */
+    for (int64_t r = 0; r < R; r++) lim[r] = S - (R - 1 - r) / step;  /* causal: later rows see more */
     k->attn(o, q, R, lim, kt, v, hd, 1.0f / sqrtf((float)hd), f16, scr);
     kernels_scalar.attn(ref, q, R, lim, kt, v, hd, 1.0f / sqrtf((float)hd), f16, scr);
     char what[64];
-    snprintf(what, sizeof what, "attention f16=%d R=%lld hd=%lld S=%lld", f16, (long long)R, (long long)hd, (long long)S);
+    snprintf(what, sizeof what, "attention f16=%d R=%lld hd=%lld S=%lld step=%lld", f16, (long long)R, (long long)hd,
+             (long long)S, (long long)step);
     check(what, k->name, o, ref, R * hd, 2e-5f);
     free(q); free(o); free(ref); free(scr); free(lim); free(kt); free(v);
 }
@@ -133,11 +136,13 @@ int main(void) {
         test_gemm(k, FMT_INT4, 1, 20, 384, 128);
         test_gemm(k, FMT_INT4, 10, 20, 384, 128);
         for (int f16 = 0; f16 < 2; f16++) {
-            test_attn(k, f16, 4, 64, 1);
-            test_attn(k, f16, 4, 64, 37);
-            test_attn(k, f16, 12, 64, 300);
-            test_attn(k, f16, 3, 16, 20);
-            test_attn(k, f16, 4, 12, 33);
+            test_attn(k, f16, 4, 64, 1, 4);
+            test_attn(k, f16, 4, 64, 37, 4);
+            test_attn(k, f16, 12, 64, 300, 4);
+            test_attn(k, f16, 3, 16, 20, 4);
+            test_attn(k, f16, 4, 12, 33, 4);
+            test_attn(k, f16, 7, 64, 37, 1);
+            test_attn(k, f16, 10, 32, 50, 1);
         }
     }
     /* the driver end to end on the best table with two threads: linear twice (pool reuse) */

@@ -446,48 +446,88 @@ static inline __m256 kv8(const void *base, int64_t i, int kv_f16) {
     return _mm256_loadu_ps((const float *)base + i);
 }
 
-/* One row at a time, 16 positions (two ymm) per step; online softmax as the scalar reference. */
+/* Rows in blocks of 4 (a GQA group at one query position, as in kernels_avx512.c), so each key and
+ * value vector, converted from f16 once, serves four rows: per block of 16 positions, the scores
+ * (4 x 16) from the d-major key block, online softmax per row, then o += p V with the four rows'
+ * accumulators in registers, one 8-float slice of hd at a time. A short block repeats its last row
+ * (same limit), whose results are not stored. */
 static void attn_avx2(float *out, const float *q, int64_t R, const int64_t *limit, const void *kt,
                       const void *v, int64_t hd, float scale, int kv_f16, float *scratch) {
     if (hd % 8 || hd > 256) { attn_scalar(out, q, R, limit, kt, v, hd, scale, kv_f16, scratch); return; }
     const int64_t nv = hd / 8;
-    for (int64_t r = 0; r < R; r++) {
-        const float *qr = q + r * hd;
-        float *o = out + r * hd, m = -INFINITY, l = 0.0f, p[16];
-        __m256 ov[32];
-        for (int64_t d = 0; d < nv; d++) ov[d] = _mm256_setzero_ps();
-        for (int64_t s0 = 0; s0 < limit[r]; s0 += 16) {
-            const int64_t blk = s0 / 16, valid = limit[r] - s0 < 16 ? limit[r] - s0 : 16;
-            __m256 a = _mm256_setzero_ps(), b = _mm256_setzero_ps();
+    float p[4 * 16] __attribute__((aligned(32)));   /* probabilities of the current block, per row */
+    float ob[4 * 256] __attribute__((aligned(32)));  /* unnormalized outputs, per row */
+    for (int64_t r0 = 0; r0 < R; r0 += 4) {
+        const int rb = (int)(R - r0 < 4 ? R - r0 : 4);
+        const float *qr[4];
+        int64_t lim[4], lmax = 0;
+        for (int i = 0; i < 4; i++) {
+            const int64_t r = r0 + (i < rb ? i : rb - 1);
+            qr[i] = q + r * hd;
+            lim[i] = limit[r];
+            lmax = lim[i] > lmax ? lim[i] : lmax;
+        }
+        float m[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY}, l[4] = {0, 0, 0, 0};
+        memset(ob, 0, (size_t)(4 * hd) * 4);
+        for (int64_t s0 = 0; s0 < lmax; s0 += 16) {
+            const int64_t blk = s0 / 16;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
             for (int64_t d = 0; d < hd; d++) {
-                __m256 qd = _mm256_set1_ps(qr[d]);
-                a = _mm256_fmadd_ps(qd, kv8(kt, (blk * hd + d) * 16, kv_f16), a);
-                b = _mm256_fmadd_ps(qd, kv8(kt, (blk * hd + d) * 16 + 8, kv_f16), b);
+                const __m256 k0 = kv8(kt, (blk * hd + d) * 16, kv_f16), k1 = kv8(kt, (blk * hd + d) * 16 + 8, kv_f16);
+                __m256 qd = _mm256_set1_ps(qr[0][d]);
+                a0 = _mm256_fmadd_ps(qd, k0, a0); b0 = _mm256_fmadd_ps(qd, k1, b0);
+                qd = _mm256_set1_ps(qr[1][d]);
+                a1 = _mm256_fmadd_ps(qd, k0, a1); b1 = _mm256_fmadd_ps(qd, k1, b1);
+                qd = _mm256_set1_ps(qr[2][d]);
+                a2 = _mm256_fmadd_ps(qd, k0, a2); b2 = _mm256_fmadd_ps(qd, k1, b2);
+                qd = _mm256_set1_ps(qr[3][d]);
+                a3 = _mm256_fmadd_ps(qd, k0, a3); b3 = _mm256_fmadd_ps(qd, k1, b3);
             }
-            _mm256_storeu_ps(p, _mm256_mul_ps(a, _mm256_set1_ps(scale)));
-            _mm256_storeu_ps(p + 8, _mm256_mul_ps(b, _mm256_set1_ps(scale)));
-            for (int64_t j = valid; j < 16; j++) p[j] = -INFINITY;
-            float bm = p[0];
-            for (int j = 1; j < 16; j++) bm = p[j] > bm ? p[j] : bm;
-            if (bm > m) {
-                float c = m == -INFINITY ? 0.0f : expf(m - bm);
-                l *= c;
-                for (int64_t d = 0; d < nv; d++) ov[d] = _mm256_mul_ps(ov[d], _mm256_set1_ps(c));
-                m = bm;
+            const __m256 sc = _mm256_set1_ps(scale), lo[4] = {a0, a1, a2, a3}, hi[4] = {b0, b1, b2, b3};
+            for (int i = 0; i < 4; i++) {
+                float *pi = p + 16 * i;
+                const int64_t valid = lim[i] - s0 < 16 ? lim[i] - s0 : 16;
+                if (valid <= 0) { memset(pi, 0, 64); continue; }  /* causal: this row sees none of the block */
+                _mm256_storeu_ps(pi, _mm256_mul_ps(lo[i], sc));
+                _mm256_storeu_ps(pi + 8, _mm256_mul_ps(hi[i], sc));
+                for (int64_t j = valid; j < 16; j++) pi[j] = -INFINITY;
+                const float bm = hmax8(_mm256_max_ps(_mm256_loadu_ps(pi), _mm256_loadu_ps(pi + 8)));
+                if (bm > m[i]) {
+                    const __m256 c = _mm256_set1_ps(m[i] == -INFINITY ? 0.0f : expf(m[i] - bm));
+                    l[i] *= _mm256_cvtss_f32(c);
+                    for (int64_t d = 0; d < nv; d++)
+                        _mm256_store_ps(ob + i * hd + 8 * d, _mm256_mul_ps(_mm256_load_ps(ob + i * hd + 8 * d), c));
+                    m[i] = bm;
+                }
+                const __m256 e0 = exp256(_mm256_sub_ps(_mm256_loadu_ps(pi), _mm256_set1_ps(m[i])));
+                const __m256 e1 = exp256(_mm256_sub_ps(_mm256_loadu_ps(pi + 8), _mm256_set1_ps(m[i])));
+                _mm256_storeu_ps(pi, e0);
+                _mm256_storeu_ps(pi + 8, e1);
+                for (int64_t j = valid; j < 16; j++) pi[j] = 0.0f;
+                for (int64_t j = 0; j < valid; j++) l[i] += pi[j];
             }
-            __m256 e0 = exp256(_mm256_sub_ps(_mm256_loadu_ps(p), _mm256_set1_ps(m)));
-            __m256 e1 = exp256(_mm256_sub_ps(_mm256_loadu_ps(p + 8), _mm256_set1_ps(m)));
-            _mm256_storeu_ps(p, e0);
-            _mm256_storeu_ps(p + 8, e1);
-            for (int64_t j = valid; j < 16; j++) p[j] = 0.0f;
-            for (int64_t j = 0; j < valid; j++) {
-                l += p[j];
-                __m256 pj = _mm256_set1_ps(p[j]);
-                for (int64_t d = 0; d < nv; d++) ov[d] = _mm256_fmadd_ps(pj, kv8(v, (s0 + j) * hd + 8 * d, kv_f16), ov[d]);
+            const int64_t send = lmax - s0 < 16 ? lmax - s0 : 16;
+            for (int64_t d = 0; d < nv; d++) {
+                __m256 o0 = _mm256_load_ps(ob + 8 * d), o1 = _mm256_load_ps(ob + hd + 8 * d);
+                __m256 o2 = _mm256_load_ps(ob + 2 * hd + 8 * d), o3 = _mm256_load_ps(ob + 3 * hd + 8 * d);
+                for (int64_t j = 0; j < send; j++) {
+                    const __m256 vv = kv8(v, (s0 + j) * hd + 8 * d, kv_f16);
+                    o0 = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), vv, o0);
+                    o1 = _mm256_fmadd_ps(_mm256_set1_ps(p[16 + j]), vv, o1);
+                    o2 = _mm256_fmadd_ps(_mm256_set1_ps(p[32 + j]), vv, o2);
+                    o3 = _mm256_fmadd_ps(_mm256_set1_ps(p[48 + j]), vv, o3);
+                }
+                _mm256_store_ps(ob + 8 * d, o0);
+                _mm256_store_ps(ob + hd + 8 * d, o1);
+                _mm256_store_ps(ob + 2 * hd + 8 * d, o2);
+                _mm256_store_ps(ob + 3 * hd + 8 * d, o3);
             }
         }
-        __m256 inv = _mm256_set1_ps(l > 0.0f ? 1.0f / l : 0.0f);
-        for (int64_t d = 0; d < nv; d++) _mm256_storeu_ps(o + 8 * d, _mm256_mul_ps(ov[d], inv));
+        for (int i = 0; i < rb; i++) {
+            const __m256 inv = _mm256_set1_ps(l[i] > 0.0f ? 1.0f / l[i] : 0.0f);
+            for (int64_t d = 0; d < nv; d++)
+                _mm256_storeu_ps(out + (r0 + i) * hd + 8 * d, _mm256_mul_ps(_mm256_load_ps(ob + i * hd + 8 * d), inv));
+        }
     }
 }
 
