@@ -279,40 +279,79 @@ static inline float32x4_t kv4(const void *base, int64_t i, int kv_f16) {
     return vld1q_f32((const float *)base + i);
 }
 
-/* One row at a time: 16 positions' scores from the d-major key block, online softmax, o += p V. */
+/* Rows in blocks of 4 (a GQA group at one query position, as kernels_avx2.c does), so each key and
+ * value vector, converted from f16 once, serves four rows: per block of 16 positions the scores
+ * (4 x 16) from the d-major key block, online softmax per row, then o += p V with the four rows'
+ * accumulators in registers, one 4-float slice of hd at a time. A short block repeats its last row
+ * (same limit), whose results are not stored. */
 static void attn_neon(float *out, const float *q, int64_t R, const int64_t *limit, const void *kt,
                       const void *v, int64_t hd, float scale, int kv_f16, float *scratch) {
     if (hd % 4 || hd > 256) { attn_scalar(out, q, R, limit, kt, v, hd, scale, kv_f16, scratch); return; }
     const int64_t nv = hd / 4;
-    for (int64_t r = 0; r < R; r++) {
-        const float *qr = q + r * hd;
-        float *o = out + r * hd, m = -INFINITY, l = 0.0f, p[16];
-        float32x4_t ov[64];
-        for (int64_t d = 0; d < nv; d++) ov[d] = vdupq_n_f32(0.0f);
-        for (int64_t s0 = 0; s0 < limit[r]; s0 += 16) {
-            const int64_t blk = s0 / 16, valid = limit[r] - s0 < 16 ? limit[r] - s0 : 16;
-            float32x4_t sc[4] = {vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0)};
+    float p[4][16], ob[4][256];
+    for (int64_t r0 = 0; r0 < R; r0 += 4) {
+        const int rb = (int)(R - r0 < 4 ? R - r0 : 4);
+        const float *qr[4];
+        int64_t lim[4], lmax = 0;
+        for (int i = 0; i < 4; i++) {
+            const int64_t r = r0 + (i < rb ? i : rb - 1);
+            qr[i] = q + r * hd;
+            lim[i] = limit[r];
+            lmax = lim[i] > lmax ? lim[i] : lmax;
+        }
+        float m[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY}, l[4] = {0, 0, 0, 0};
+        memset(ob, 0, sizeof ob);
+        for (int64_t s0 = 0; s0 < lmax; s0 += 16) {
+            const int64_t blk = s0 / 16;
+            float32x4_t sc[4][4];  /* row, 4 positions */
+            for (int i = 0; i < 4; i++)
+                for (int c = 0; c < 4; c++) sc[i][c] = vdupq_n_f32(0.0f);
             for (int64_t d = 0; d < hd; d++) {
-                float32x4_t qd = vdupq_n_f32(qr[d]);
-                for (int i = 0; i < 4; i++) sc[i] = vfmaq_f32(sc[i], qd, kv4(kt, (blk * hd + d) * 16 + 4 * i, kv_f16));
+                float32x4_t k[4];
+                for (int c = 0; c < 4; c++) k[c] = kv4(kt, (blk * hd + d) * 16 + 4 * c, kv_f16);
+                for (int i = 0; i < 4; i++) {
+                    const float qd = qr[i][d];
+                    for (int c = 0; c < 4; c++) sc[i][c] = vfmaq_n_f32(sc[i][c], k[c], qd);
+                }
             }
-            for (int i = 0; i < 4; i++) vst1q_f32(p + 4 * i, vmulq_n_f32(sc[i], scale));
-            float bm = -INFINITY;
-            for (int64_t j = 0; j < valid; j++) bm = p[j] > bm ? p[j] : bm;
-            if (bm > m) {
-                float c = m == -INFINITY ? 0.0f : expf(m - bm);
-                l *= c;
-                for (int64_t d = 0; d < nv; d++) ov[d] = vmulq_n_f32(ov[d], c);
-                m = bm;
+            for (int i = 0; i < 4; i++) {
+                const int64_t valid = lim[i] - s0 < 16 ? lim[i] - s0 : 16;
+                if (valid <= 0) { memset(p[i], 0, sizeof p[i]); continue; }  /* causal: none of this block */
+                for (int c = 0; c < 4; c++) vst1q_f32(p[i] + 4 * c, vmulq_n_f32(sc[i][c], scale));
+                float bm = -INFINITY;
+                for (int64_t j = 0; j < valid; j++) bm = p[i][j] > bm ? p[i][j] : bm;
+                if (bm > m[i]) {
+                    const float c = m[i] == -INFINITY ? 0.0f : expf(m[i] - bm);
+                    l[i] *= c;
+                    for (int64_t d = 0; d < nv; d++) vst1q_f32(ob[i] + 4 * d, vmulq_n_f32(vld1q_f32(ob[i] + 4 * d), c));
+                    m[i] = bm;
+                }
+                for (int64_t j = 0; j < 16; j++) {
+                    p[i][j] = j < valid ? expf(p[i][j] - m[i]) : 0.0f;
+                    l[i] += p[i][j];
+                }
             }
-            for (int64_t j = 0; j < valid; j++) {
-                float pj = expf(p[j] - m);
-                l += pj;
-                for (int64_t d = 0; d < nv; d++) ov[d] = vfmaq_n_f32(ov[d], kv4(v, (s0 + j) * hd + 4 * d, kv_f16), pj);
+            const int64_t send = lmax - s0 < 16 ? lmax - s0 : 16;
+            for (int64_t d = 0; d < nv; d++) {
+                float32x4_t o0 = vld1q_f32(ob[0] + 4 * d), o1 = vld1q_f32(ob[1] + 4 * d);
+                float32x4_t o2 = vld1q_f32(ob[2] + 4 * d), o3 = vld1q_f32(ob[3] + 4 * d);
+                for (int64_t j = 0; j < send; j++) {
+                    const float32x4_t vv = kv4(v, (s0 + j) * hd + 4 * d, kv_f16);
+                    o0 = vfmaq_n_f32(o0, vv, p[0][j]);
+                    o1 = vfmaq_n_f32(o1, vv, p[1][j]);
+                    o2 = vfmaq_n_f32(o2, vv, p[2][j]);
+                    o3 = vfmaq_n_f32(o3, vv, p[3][j]);
+                }
+                vst1q_f32(ob[0] + 4 * d, o0);
+                vst1q_f32(ob[1] + 4 * d, o1);
+                vst1q_f32(ob[2] + 4 * d, o2);
+                vst1q_f32(ob[3] + 4 * d, o3);
             }
         }
-        float inv = l > 0.0f ? 1.0f / l : 0.0f;
-        for (int64_t d = 0; d < nv; d++) vst1q_f32(o + 4 * d, vmulq_n_f32(ov[d], inv));
+        for (int i = 0; i < rb; i++) {
+            const float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;
+            for (int64_t d = 0; d < nv; d++) vst1q_f32(out + (r0 + i) * hd + 4 * d, vmulq_n_f32(vld1q_f32(ob[i] + 4 * d), inv));
+        }
     }
 }
 
