@@ -108,7 +108,8 @@ def test_moe_experts_by_pairs_per_expert(level, fmt, fewest):
     e, a, d, i, t = 4, 2, 64, 40, 12
     w1, w3, w2 = weight(fmt, i, d, lead=(e,)), weight(fmt, i, d, lead=(e,)), weight(fmt, d, i, lead=(e,))
     x = RNG.standard_normal((t, d)).astype(np.float32)
-    idx = np.stack([np.arange(t) % 2, 2 + (np.arange(t) >= fewest)], axis=1).astype(np.int32)  # expert 2: `fewest` pairs
+    # slot 0: experts 0 and 1, 6 pairs each; slot 1: expert 2 for the first `fewest` tokens, expert 3 after
+    idx = np.stack([np.arange(t) % 2, 2 + (np.arange(t) >= fewest)], axis=1).astype(np.int32)
     wts = RNG.random((t, a)).astype(np.float32)
     want = np.zeros_like(x)
     for ex in np.unique(idx):
