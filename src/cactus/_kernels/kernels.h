@@ -107,6 +107,22 @@ extern const Kernels kernels_avx512vnni_gfni;
 extern const Kernels kernels_neon;
 #endif
 
+/* Attention takes query rows 4 at a time (a GQA group at one position): the rows r0.. of R, their
+ * query vectors and limits, a short block repeating its last row (its results are not stored).
+ * Returns how many rows are real; *lmax = the largest limit. */
+static inline int attn_rows4(const float *qr[4], int64_t lim[4], int64_t *lmax, const float *q, const int64_t *limit,
+                             int64_t R, int64_t r0, int64_t hd) {
+    const int rb = (int)(R - r0 < 4 ? R - r0 : 4);
+    *lmax = 0;
+    for (int i = 0; i < 4; i++) {
+        const int64_t r = r0 + (i < rb ? i : rb - 1);
+        qr[i] = q + r * hd;
+        lim[i] = limit[r];
+        *lmax = lim[i] > *lmax ? lim[i] : *lmax;
+    }
+    return rb;
+}
+
 /* Shared scalar pieces the SIMD files fall back to (defined in kernels_scalar.c). */
 float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);

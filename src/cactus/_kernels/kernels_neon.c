@@ -290,15 +290,9 @@ static void attn_neon(float *out, const float *q, int64_t R, const int64_t *limi
     const int64_t nv = hd / 4;
     float p[4][16], ob[4][256];
     for (int64_t r0 = 0; r0 < R; r0 += 4) {
-        const int rb = (int)(R - r0 < 4 ? R - r0 : 4);
         const float *qr[4];
-        int64_t lim[4], lmax = 0;
-        for (int i = 0; i < 4; i++) {
-            const int64_t r = r0 + (i < rb ? i : rb - 1);
-            qr[i] = q + r * hd;
-            lim[i] = limit[r];
-            lmax = lim[i] > lmax ? lim[i] : lmax;
-        }
+        int64_t lim[4], lmax;
+        const int rb = attn_rows4(qr, lim, &lmax, q, limit, R, r0, hd);
         float m[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY}, l[4] = {0, 0, 0, 0};
         memset(ob, 0, sizeof ob);
         for (int64_t s0 = 0; s0 < lmax; s0 += 16) {
