@@ -20,7 +20,7 @@ import numpy as np
 from cactus import engine, ops
 from cactus.bench import read_bandwidth
 
-BANDS = ((25, 40), (40, 48), (48, 80))
+BANDS = ((15, 25), (25, 40), (40, 48), (48, 80))
 
 
 def main() -> None:

@@ -723,6 +723,7 @@ static PyObject *py_set_isa(PyObject *self, PyObject *arg) {
     const Kernels *k = kernels_by_name(name);
     if (!k) return PyErr_Format(PyExc_ValueError, "ISA '%s' is unknown or not supported by this CPU", name);
     ctx.k = k;
+    kernels_select(k);
     Py_RETURN_NONE;
 }
 
@@ -830,6 +831,7 @@ PyMODINIT_FUNC PyInit__kernels(void) {
     import_array();
     if (PyType_Ready(&WeightType) < 0 || PyType_Ready(&DecoderType) < 0) return NULL;
     ctx.k = kernels_best();
+    kernels_select(ctx.k);
     ctx.arena = &arena;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;

@@ -8,6 +8,11 @@
 
 int64_t kernels_prefetch_l2 = 4096, kernels_prefetch_l1 = 1024;  /* kernels.h */
 
+void kernels_select(const Kernels *k) {
+    kernels_prefetch_l2 = k->prefetch_l2;
+    kernels_prefetch_l1 = k->prefetch_l1;
+}
+
 #if defined(__x86_64__) || defined(_M_X64)
 #include <cpuid.h>
 

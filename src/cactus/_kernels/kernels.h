@@ -65,6 +65,8 @@ typedef struct Kernels {
                  const void *v, int64_t hd, float scale, int kv_f16, float *scratch);
     /* g[i] = silu(g[i]) * u[i] = g / (1 + exp(-g)) * u, i < n */
     void (*silu_mul)(float *g, const float *u, int64_t n);
+    /* decode's software prefetch distances (bytes, into L2 and L1) while this table is selected */
+    int64_t prefetch_l2, prefetch_l1;
 } Kernels;
 
 /* Decode streams weight rows from DRAM faster than the hardware prefetcher alone fetches them
@@ -75,8 +77,12 @@ typedef struct Kernels {
  * threads). The distances are settings (dispatch.c, ops.set_prefetch) so that
  * benchmarks/ab_prefetch.py can compare them on real decode, round by round, at both of this
  * machine's bandwidth levels: 4 KiB + 1 KiB beat the former 8 KiB + none by 5-6% at ~50 GB/s and
- * 3% at ~33 GB/s (8B-A1B and 24B-A2B int4); 16 KiB was 5% slower, 1-2 KiB no better. */
+ * 3% at ~33 GB/s (8B-A1B and 24B-A2B int4); 16 KiB was 5% slower, 1-2 KiB no better. Each table
+ * carries its own defaults (Kernels.prefetch_*), set when it is selected: on a Zen 3 machine with
+ * AVX2 only, 1-2 KiB beat 4 KiB by 3-4% (8B-A1B) and 2-3% (24B-A2B) at 15-40 GB/s, so AVX2 takes
+ * 2 KiB. */
 extern int64_t kernels_prefetch_l2, kernels_prefetch_l1;
+void kernels_select(const Kernels *k);  /* the prefetch distances of k (dispatch.c) */
 #define PREFETCH_BYTES kernels_prefetch_l2
 #define PREFETCH_L1_BYTES kernels_prefetch_l1
 static inline void prefetch_l2(const void *p) { __builtin_prefetch(p, 0, 2); }

@@ -535,7 +535,8 @@ static void silu_mul_avx512(float *g, const float *u, int64_t n) {
     }
 }
 
-const Kernels kernels_avx512vnni = {"avx512", quantize_avx512, qgemm_avx512, fgemm_avx512, attn_avx512, silu_mul_avx512};
+const Kernels kernels_avx512vnni = {"avx512", quantize_avx512, qgemm_avx512, fgemm_avx512, attn_avx512, silu_mul_avx512,
+                                    4096, 1024};
 /* the same with GFNI for the int4 high nibbles (dispatch picks it where the CPU has GFNI) */
 const Kernels kernels_avx512vnni_gfni = {"avx512", quantize_avx512, qgemm_avx512_gfni, fgemm_avx512, attn_avx512,
-                                         silu_mul_avx512};
+                                         silu_mul_avx512, 4096, 1024};

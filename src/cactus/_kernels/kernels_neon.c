@@ -349,4 +349,4 @@ static void attn_neon(float *out, const float *q, int64_t R, const int64_t *limi
     }
 }
 
-const Kernels kernels_neon = {"neon", quantize_scalar, qgemm_neon, fgemm_neon, attn_neon, silu_mul_scalar};
+const Kernels kernels_neon = {"neon", quantize_scalar, qgemm_neon, fgemm_neon, attn_neon, silu_mul_scalar, 4096, 1024};  /* unused */

@@ -236,4 +236,5 @@ void silu_mul_scalar(float *g, const float *u, int64_t n) {
     for (int64_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
-const Kernels kernels_scalar = {"scalar", quantize_scalar, qgemm_scalar, fgemm_scalar, attn_scalar, silu_mul_scalar};
+const Kernels kernels_scalar = {"scalar", quantize_scalar, qgemm_scalar, fgemm_scalar, attn_scalar, silu_mul_scalar,
+                                4096, 1024};  /* unused: no prefetch */
