@@ -3,9 +3,10 @@
  * only while the kernel computes faster than memory delivers, with room to overlap the two; this
  * measures that room (GB/s of weights the kernel consumes from cache, per core).
  * Build and run (from the repository root; x86):
- *   S=src/cactus/_kernels; gcc -O3 -mavx512f -mavx512bw -mavx512vl -mavx512vnni -mgfni -mavx2 -mfma -mf16c \
- *     -I$S benchmarks/c/kernel_rate.c $S/kernels_avx512.c $S/kernels_scalar.c $S/kernels_avx2.c $S/dispatch.c \
- *     -o /tmp/kernel_rate -lm && /tmp/kernel_rate [ROWS] [K]
+ *   S=src/cactus/_kernels; gcc -O3 -c -mavx512f -mavx512bw -mavx512vl -mavx512vnni -mgfni -mavx2 -mfma -mf16c \
+ *     -I$S $S/kernels_avx512.c -o /tmp/k512.o && gcc -O3 -I$S benchmarks/c/kernel_rate.c $S/kernels_avx2.c \
+ *     -mavx2 -mfma -mf16c $S/kernels_scalar.c $S/dispatch.c /tmp/k512.o -o /tmp/kernel_rate -lm && /tmp/kernel_rate [ROWS] [K]
+ * (only kernels_avx512.c gets the AVX-512 flags, so the program runs on AVX2-only CPUs too)
  * Columns: avx2, avx512 (VNNI; high nibbles by shift and mask), avx512+gfni (one GF(2) affine op).
  */
 #include <stdio.h>
