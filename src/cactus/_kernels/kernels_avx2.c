@@ -118,20 +118,22 @@ static float dot_int4(const uint8_t *row, const uint16_t *sw, int64_t g0, int64_
     return hsum8(f);
 }
 
-/* Two int4 rows against one token, 8 groups (4 steps of 32 packed bytes) per iteration: the
- * activation loads are shared and each row's 8 f16 scales are converted once, then spread to the
- * lanes of each step (lanes 0-3: group 2j, 4-7: group 2j + 1). The last < 8 groups: dot_int4. */
+/* Two int4 rows against one token, 8 groups (4 steps of 32 packed bytes) per iteration; the
+ * activation loads are shared. A step's lanes 0-3 belong to group 2j and 4-7 to 2j + 1; the four
+ * steps' int32 lanes are summed per group by three vphaddd (groups come out as 0 2 4 6 | 1 3 5 7,
+ * put back in order by one permute), so the 8 * sum(x) correction, the conversion and the scaling
+ * run once per 8 groups instead of once per step. The last < 8 groups: dot_int4. */
 static void dot_int4_x2(float y[2], const uint8_t *ra, const uint8_t *rb, const uint16_t *swa, const uint16_t *swb,
                         int64_t ng, const uint8_t *act, const ActLayout *L) {
     const int8_t *qn = (const int8_t *)(act + L->off_qn);
-    const int32_t *corr = (const int32_t *)(act + L->off_corr);
-    const float *sl = (const float *)(act + L->off_sl);
+    const float *sx = (const float *)(act + L->off_s);
+    const int32_t *sum = (const int32_t *)(act + L->off_sum);
     const __m256i m0f = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     __m256 fa = _mm256_setzero_ps(), fb = _mm256_setzero_ps();
     int64_t g = 0;
     for (; g + 8 <= ng; g += 8) {
-        const __m256 sa8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(swa + g)));
-        const __m256 sb8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(swb + g)));
+        __m256i ia[4], ib[4];
 #pragma GCC unroll 4
         for (int j = 0; j < 4; j++) {
             const int64_t p = 16 * g + 32 * j, b = g / 4 + j / 2, h = j % 2;
@@ -139,22 +141,25 @@ static void dot_int4_x2(float y[2], const uint8_t *ra, const uint8_t *rb, const 
                 prefetch_l2(ra + p + PREFETCH_BYTES);
                 prefetch_l2(rb + p + PREFETCH_BYTES);
             }
-            const __m256i idx = _mm256_setr_epi32(2 * j, 2 * j, 2 * j, 2 * j, 2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1);
             const __m256i xlo = _mm256_loadu_si256((const __m256i *)(qn + 128 * b + 32 * h));
             const __m256i xhi = _mm256_loadu_si256((const __m256i *)(qn + 128 * b + 64 + 32 * h));
-            const __m256i c = _mm256_loadu_si256((const __m256i *)(corr + 16 * b + 8 * h));
-            const __m256 s = _mm256_loadu_ps(sl + 16 * b + 8 * h);
             const __m256i wa = _mm256_loadu_si256((const __m256i *)(ra + p));
             const __m256i wb = _mm256_loadu_si256((const __m256i *)(rb + p));
-            const __m256i pa = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(wa, m0f), xlo),
-                                                _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(wa, 4), m0f), xhi));
-            const __m256i pb = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(wb, m0f), xlo),
-                                                _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(wb, 4), m0f), xhi));
-            const __m256i ia = _mm256_add_epi32(_mm256_madd_epi16(pa, ones), c);
-            const __m256i ib = _mm256_add_epi32(_mm256_madd_epi16(pb, ones), c);
-            fa = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia), _mm256_mul_ps(_mm256_permutevar8x32_ps(sa8, idx), s), fa);
-            fb = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ib), _mm256_mul_ps(_mm256_permutevar8x32_ps(sb8, idx), s), fb);
+            ia[j] = _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(wa, m0f), xlo),
+                                                       _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(wa, 4), m0f), xhi)), ones);
+            ib[j] = _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(wb, m0f), xlo),
+                                                       _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(wb, 4), m0f), xhi)), ones);
         }
+        const __m256i corr = _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)(sum + g)), 3);  /* u = q + 8 */
+        const __m256 s8 = _mm256_loadu_ps(sx + g);
+        const __m256i ta = _mm256_permutevar8x32_epi32(
+            _mm256_hadd_epi32(_mm256_hadd_epi32(ia[0], ia[1]), _mm256_hadd_epi32(ia[2], ia[3])), order);
+        const __m256i tb = _mm256_permutevar8x32_epi32(
+            _mm256_hadd_epi32(_mm256_hadd_epi32(ib[0], ib[1]), _mm256_hadd_epi32(ib[2], ib[3])), order);
+        const __m256 sa8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(swa + g)));
+        const __m256 sb8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(swb + g)));
+        fa = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(ta, corr)), _mm256_mul_ps(sa8, s8), fa);
+        fb = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(tb, corr)), _mm256_mul_ps(sb8, s8), fb);
     }
     y[0] = hsum8(fa);
     y[1] = hsum8(fb);
