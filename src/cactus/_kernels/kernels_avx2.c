@@ -173,20 +173,21 @@ static void dot_int4_x2(float y[2], const uint8_t *ra, const uint8_t *rb, const 
  * int32 lanes are reduced to 8 group sums, in order, by six vphaddd and one fold of the 128-bit
  * halves, then converted and scaled once (was: a convert, a scalar scale and an fma per group).
  * The last < 8 groups one at a time. */
+/* 8 int32 lanes, each the sum of 4 products of one int8 group (32 bytes of w and x) */
+static inline __m256i dot32_int8(const uint8_t *w, const int8_t *x) {
+    const __m256i wv = _mm256_loadu_si256((const __m256i *)w), xv = _mm256_loadu_si256((const __m256i *)x);
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(xv), _mm256_sign_epi8(wv, xv)), _mm256_set1_epi16(1));
+}
+
 static float dot_int8(const uint8_t *row, const uint16_t *sw, int64_t ng, const uint8_t *act, const ActLayout *L) {
     const int8_t *q = (const int8_t *)(act + L->off_q);
     const float *s = (const float *)(act + L->off_s);
-    const __m256i ones = _mm256_set1_epi16(1);
     __m256 f = _mm256_setzero_ps();
     int64_t g = 0;
     for (; g + 8 <= ng; g += 8) {
         __m256i v[8];
 #pragma GCC unroll 8
-        for (int k = 0; k < 8; k++) {
-            const __m256i w = _mm256_loadu_si256((const __m256i *)(row + 32 * (g + k)));
-            const __m256i x = _mm256_loadu_si256((const __m256i *)(q + 32 * (g + k)));
-            v[k] = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(x), _mm256_sign_epi8(w, x)), ones);
-        }
+        for (int k = 0; k < 8; k++) v[k] = dot32_int8(row + 32 * (g + k), q + 32 * (g + k));
         /* [g0 g1 g2 g3 | g0 g1 g2 g3] from lanes 0-3 and 4-7 of each group, and the same for g4..g7 */
         const __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
         const __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
@@ -195,12 +196,8 @@ static float dot_int8(const uint8_t *row, const uint16_t *sw, int64_t ng, const 
         f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), sc, f);
     }
     __m256 ft = _mm256_setzero_ps();
-    for (; g < ng; g++) {
-        const __m256i w = _mm256_loadu_si256((const __m256i *)(row + 32 * g));
-        const __m256i x = _mm256_loadu_si256((const __m256i *)(q + 32 * g));
-        const __m256i i32 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(x), _mm256_sign_epi8(w, x)), ones);
-        ft = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i32), _mm256_set1_ps(_cvtsh_ss(sw[g]) * s[g]), ft);
-    }
+    for (; g < ng; g++)
+        ft = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot32_int8(row + 32 * g, q + 32 * g)), _mm256_set1_ps(_cvtsh_ss(sw[g]) * s[g]), ft);
     return hsum8(f) + hsum8(ft);
 }
 
