@@ -240,19 +240,32 @@ static void pack_panel8(uint8_t *P, float *PS, const QMat *w, int64_t r0, int64_
         rows[i] = w->data + r * w->row_bytes;
         sc[i] = w->scales + r * ng;
     }
-    const __m128i m0f = _mm_set1_epi8(0x0F);
-    for (int64_t g = 0; g < ng; g++) {
-        __m256i v[8];  /* row i's 32 weights of group g, one byte each (int4: u = q + 8) */
-        for (int i = 0; i < 8; i++) {
-            if (w->fmt == FMT_INT4) {
-                const __m128i b = _mm_loadu_si128((const __m128i *)(rows[i] + 16 * g));
-                v[i] = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), m0f), _mm_and_si128(b, m0f));
-            } else {
-                v[i] = _mm256_loadu_si256((const __m256i *)(rows[i] + 32 * g));
+    if (w->fmt == FMT_INT4) {
+        /* Dword d of a row's 16 packed bytes holds elements 4d..4d+3 (low nibbles) and 4d+16..4d+19
+         * (high nibbles): vectors d and d + 4 of the panel. So the packed dwords are transposed
+         * (rows i and i + 4 share a register, one 4 x 4 transpose per 128-bit half puts row i in
+         * lane i), then split into nibbles: half the shuffles of unpacking first. */
+        const __m256i m0f = _mm256_set1_epi8(0x0F);
+        for (int64_t g = 0; g < ng; g++) {
+            __m256i v[4];
+            for (int i = 0; i < 4; i++)
+                v[i] = _mm256_loadu2_m128i((const __m128i *)(rows[i + 4] + 16 * g), (const __m128i *)(rows[i] + 16 * g));
+            const __m256i t0 = _mm256_unpacklo_epi32(v[0], v[1]), t1 = _mm256_unpackhi_epi32(v[0], v[1]);
+            const __m256i t2 = _mm256_unpacklo_epi32(v[2], v[3]), t3 = _mm256_unpackhi_epi32(v[2], v[3]);
+            const __m256i u[4] = {_mm256_unpacklo_epi64(t0, t2), _mm256_unpackhi_epi64(t0, t2),
+                                  _mm256_unpacklo_epi64(t1, t3), _mm256_unpackhi_epi64(t1, t3)};
+            for (int d = 0; d < 4; d++) {
+                _mm256_storeu_si256((__m256i *)(P + (g * 8 + d) * 32), _mm256_and_si256(u[d], m0f));
+                _mm256_storeu_si256((__m256i *)(P + (g * 8 + d + 4) * 32), _mm256_and_si256(_mm256_srli_epi16(u[d], 4), m0f));
             }
         }
-        transpose8_epi32(v);
-        for (int c = 0; c < 8; c++) _mm256_storeu_si256((__m256i *)(P + (g * 8 + c) * 32), v[c]);
+    } else {
+        for (int64_t g = 0; g < ng; g++) {
+            __m256i v[8];  /* row i's 32 weights of group g */
+            for (int i = 0; i < 8; i++) v[i] = _mm256_loadu_si256((const __m256i *)(rows[i] + 32 * g));
+            transpose8_epi32(v);
+            for (int c = 0; c < 8; c++) _mm256_storeu_si256((__m256i *)(P + (g * 8 + c) * 32), v[c]);
+        }
     }
     int64_t g = 0;
     for (; g + 8 <= ng; g += 8) {  /* scales: (8 rows, 8 groups) f16 -> (8 groups, 8 rows) f32 */

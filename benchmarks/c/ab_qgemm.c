@@ -1,0 +1,63 @@
+/* Two builds of the AVX2 kernels on one qgemm shape, alternated round by round in one process (this
+ * machine's speed drifts by 15% within minutes, so runs of one build then the other mislead):
+ * kernels_avx2 from the working tree against kernels_avx2_old, the same file at another commit.
+ * Checks both against the scalar table, then prints each one's median and best GMAC/s.
+ * Build and run (from the repository root; x86; REV = the commit to compare against):
+ *   S=src/cactus/_kernels; git show REV:$S/kernels_avx2.c > /tmp/kernels_avx2_old.c
+ *   gcc -O3 -c -mavx2 -mfma -mf16c -I$S -Dkernels_avx2=kernels_avx2_old /tmp/kernels_avx2_old.c -o /tmp/old.o
+ *   gcc -O3 -c -mavx512f -mavx512bw -mavx512vl -mavx512vnni -mgfni -mavx2 -mfma -mf16c -I$S $S/kernels_avx512.c -o /tmp/k512.o
+ *   gcc -O3 -I$S benchmarks/c/ab_qgemm.c $S/kernels_avx2.c -mavx2 -mfma -mf16c $S/kernels_scalar.c $S/dispatch.c \
+ *     /tmp/k512.o /tmp/old.o -o /tmp/ab_qgemm -lm
+ *   /tmp/ab_qgemm N K T [int4|int8] [ROUNDS=15]
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include "kernels.h"
+extern const Kernels kernels_avx2_old;
+static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
+static int cmp(const void *a, const void *b) { double x = *(double *)a, y = *(double *)b; return x < y ? -1 : x > y; }
+int main(int argc, char **argv) {
+    if (argc < 4) { fprintf(stderr, "usage: ab_qgemm N K T [int4|int8] [ROUNDS]\n"); return 1; }
+    const int64_t N = atoll(argv[1]), K = atoll(argv[2]), T = atoll(argv[3]);
+    const int fmt = argc > 4 && !strcmp(argv[4], "int8") ? FMT_INT8 : FMT_INT4;
+    int rounds = argc > 5 ? atoi(argv[5]) : 15;
+    rounds = rounds < 1 ? 1 : rounds > 64 ? 64 : rounds;
+    if (K % 32 || N < 1 || T < 1) { fprintf(stderr, "need K a multiple of 32, N and T >= 1\n"); return 1; }
+    QMat w; memset(&w, 0, sizeof w);
+    w.n = N; w.k = w.kp = K; w.group = 32; w.ng = K / 32; w.fmt = fmt; w.row_bytes = fmt == FMT_INT4 ? K / 2 : K;
+    uint8_t *data = malloc((size_t)(N * w.row_bytes)); uint16_t *sc = malloc((size_t)(N * w.ng) * 2);
+    for (int64_t i = 0; i < N * w.row_bytes; i++) data[i] = fmt == FMT_INT4 ? (uint8_t)rand() : (uint8_t)(rand() % 255 - 127);
+    for (int64_t i = 0; i < N * w.ng; i++) sc[i] = f32_to_f16(0.01f + (float)(rand() % 100) * 1e-4f);
+    w.data = data; w.scales = sc;
+    const Kernels *ks[2] = {&kernels_avx2_old, &kernels_avx2};
+    ActLayout L; act_layout(&L, K, 32, fmt); L.extras = 0;
+    uint8_t *act[2]; float *x = malloc((size_t)K * 4), *y = malloc((size_t)(T * N) * 4), *ref = malloc((size_t)(T * N) * 4);
+    for (int v = 0; v < 2; v++) act[v] = calloc((size_t)(T * L.stride), 1);
+    for (int64_t t = 0; t < T; t++) {
+        for (int64_t i = 0; i < K; i++) x[i] = (float)rand() / RAND_MAX - 0.5f;
+        for (int v = 0; v < 2; v++) ks[v]->quantize(&L, act[v] + t * L.stride, x, 0, L.nga);
+    }
+    uint8_t *scr = malloc(kernels_scratch_bytes(w.kp) + 64);
+    kernels_scalar.qgemm(ref, N, &w, &L, act[0], T, 0, N, scr);
+    for (int v = 0; v < 2; v++) {
+        ks[v]->qgemm(y, N, &w, &L, act[v], T, 0, N, scr);
+        double md = 0;
+        for (int64_t i = 0; i < T * N; i++) { double d = y[i] - ref[i]; d = d < 0 ? -d : d; md = d > md ? d : md; }
+        printf("%s max|diff| %.2g\n", v ? "new" : "old", md);
+    }
+    const int reps = (int)(3e8 / (double)(N * K * T)) + 1;
+    double r[2][64];
+    for (int it = 0; it < rounds; it++)
+        for (int v = 0; v < 2; v++) {
+            const double t0 = now();
+            for (int q = 0; q < reps; q++) ks[v]->qgemm(y, N, &w, &L, act[v], T, 0, N, scr);
+            r[v][it] = (double)(N * K * T) * reps / (now() - t0) / 1e9;
+        }
+    for (int v = 0; v < 2; v++) {
+        qsort(r[v], rounds, sizeof(double), cmp);
+        printf("%s: median %.1f best %.1f GMAC/s\n", v ? "new" : "old", r[v][rounds / 2], r[v][rounds - 1]);
+    }
+    return 0;
+}
