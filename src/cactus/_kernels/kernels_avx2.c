@@ -287,11 +287,22 @@ static inline void store_rows(float *y, __m256 v, int64_t rows) {
     memcpy(y, out, (size_t)rows * 4);
 }
 
+/* The next panel's weight rows [pf, pf + bytes) into L2, slice g of ng, one slice per group of a
+ * tile's first token block. A prefill chunk's panels come cold from DRAM (MoE experts especially:
+ * read once per layer, by few tokens), and the pack reads 8 rows 16 or 32 bytes at a time, which
+ * the hardware prefetchers follow poorly; fetched all at once before the tile, the prefetches
+ * queued behind each other and stalled its loads. */
+static inline void prefetch_slice(const uint8_t *pf, int64_t bytes, int64_t g, int64_t ng) {
+    const int64_t step = (bytes / ng + 63) / 64 * 64;
+    for (int64_t b = g * step, e = b + step < bytes ? b + step : bytes; b < e; b += 64) prefetch_l2(pf + b);
+}
+
 /* y (nt, rows) for one int4 panel: 4 tokens at a time, each token's int16 sum of a group kept in
  * its own register and added in order (written out so the compiler neither reassociates the
  * adds into a tree nor spills the accumulators: that cost a third of the speed). */
 static void panel8_int4(float *y, int64_t ldy, const uint8_t *P, const float *PS, int64_t ng,
-                        const ActLayout *L, const uint8_t *act, int64_t nt, int64_t rows) {
+                        const ActLayout *L, const uint8_t *act, int64_t nt, int64_t rows,
+                        const uint8_t *pf, int64_t pf_bytes) {
     const __m256i ones = _mm256_set1_epi16(1);
     const __m256i *pw = (const __m256i *)P;
     for (int64_t t0 = 0; t0 < nt; t0 += 4) {
@@ -302,6 +313,7 @@ static void panel8_int4(float *y, int64_t ldy, const uint8_t *P, const float *PS
         const int8_t *q2 = (const int8_t *)(a[2] + L->off_q), *q3 = (const int8_t *)(a[3] + L->off_q);
         __m256 f0 = _mm256_setzero_ps(), f1 = f0, f2 = f0, f3 = f0;
         for (int64_t g = 0; g < ng; g++) {
+            if (t0 == 0) prefetch_slice(pf, pf_bytes, g, ng);
             const __m256i *wg = pw + 8 * g;
             const int64_t e = 32 * g;
             __m256i wv = _mm256_loadu_si256(wg);
@@ -335,7 +347,8 @@ static void panel8_int4(float *y, int64_t ldy, const uint8_t *P, const float *PS
  * 16 rows (two 8-row panels, P and P + 8 * 32 * ng) by 2 tokens: each broadcast and |x| serves two
  * rows' vectors, one fewer instruction per vpmaddubsw than 8 rows by 4 tokens. */
 static void panel16_int8(float *y, int64_t ldy, const uint8_t *P, const float *PS, int64_t ng,
-                         const ActLayout *L, const uint8_t *act, int64_t nt, int64_t rows) {
+                         const ActLayout *L, const uint8_t *act, int64_t nt, int64_t rows,
+                         const uint8_t *pf, int64_t pf_bytes) {
     const __m256i ones = _mm256_set1_epi16(1);
     const __m256i *p0 = (const __m256i *)P, *p1 = p0 + 8 * ng;
     const float *ps1 = PS + 8 * ng;
@@ -346,6 +359,7 @@ static void panel16_int8(float *y, int64_t ldy, const uint8_t *P, const float *P
         const float *s0 = (const float *)(a0 + L->off_s), *s1 = (const float *)(a1 + L->off_s);
         __m256 f00 = _mm256_setzero_ps(), f01 = f00, f10 = f00, f11 = f00;  /* f<token><half> */
         for (int64_t g = 0; g < ng; g++) {
+            if (t0 == 0) prefetch_slice(pf, pf_bytes, g, ng);
             __m256i h00 = _mm256_setzero_si256(), h01 = h00, h10 = h00, h11 = h00;
 #pragma GCC unroll 8
             for (int c = 0; c < 8; c++) {
@@ -387,7 +401,9 @@ static void qgemm_avx2(float *y, int64_t ldy, const QMat *w, const ActLayout *L,
             for (int64_t r = r0; r < r1; r += 8) {
                 const int64_t re = r + 8 < r1 ? r + 8 : r1;
                 pack_panel8(P, PS, w, r, re);
-                panel8_int4(y + r, ldy, P, PS, w->ng, L, act, nt, re - r);
+                const int64_t nn = r1 - re < 8 ? r1 - re : 8;  /* the next panel's rows */
+                for (int64_t n = re; n < re + nn; n++) prefetch_scales(w, n);
+                panel8_int4(y + r, ldy, P, PS, w->ng, L, act, nt, re - r, w->data + re * w->row_bytes, nn * w->row_bytes);
             }
         } else {  /* two 8-row panels back to back, then their scales (scratch holds KERNEL_PANEL rows) */
             float *PS = (float *)(P + 16 * 32 * w->ng);
@@ -395,7 +411,9 @@ static void qgemm_avx2(float *y, int64_t ldy, const QMat *w, const ActLayout *L,
                 const int64_t re = r + 16 < r1 ? r + 16 : r1, rm = r + 8 < re ? r + 8 : re;
                 pack_panel8(P, PS, w, r, rm);
                 pack_panel8(P + 8 * 32 * w->ng, PS + 8 * w->ng, w, rm, re);  /* rm == re: repeats row re - 1 */
-                panel16_int8(y + r, ldy, P, PS, w->ng, L, act, nt, re - r);
+                const int64_t nn = r1 - re < 16 ? r1 - re : 16;  /* the next panel's rows */
+                for (int64_t n = re; n < re + nn; n++) prefetch_scales(w, n);
+                panel16_int8(y + r, ldy, P, PS, w->ng, L, act, nt, re - r, w->data + re * w->row_bytes, nn * w->row_bytes);
             }
         }
         return;
