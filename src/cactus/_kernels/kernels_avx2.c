@@ -201,15 +201,16 @@ static float dot_int8(const uint8_t *row, const uint16_t *sw, int64_t ng, const 
     return hsum8(f) + hsum8(ft);
 }
 
-/* ------------------------------------------------------------------ int4 prefill: 8-row panels */
+/* ------------------------------------------------------------------ prefill: packed panels */
 
 /* Prefill (nt >= PANEL_MIN_T tokens, G = 32): 8 rows are packed into a panel where each 32-bit lane holds 4
  * weights of one row (int4 unpacked to u = q + 8, one byte each; int8 as stored), group-major: vector c of group g holds
- * elements 4c..4c+3 of the group for rows 0..7. Then for 4 tokens at a time, vpmaddubsw (u x s8
- * pairs) against a broadcast of the token's 4 activation bytes; a group's 8 products are summed in
- * int16 (|sum| <= 8 * 2 * 15 * 127 = 30480, no saturation), widened once by vpmaddwd, offset by
- * -8 * sum(x), and scaled once per (8 rows, token, group); int8 uses the sign trick of dot_int8
- * and widens every vector. One lane per row: no horizontal sums. */
+ * elements 4c..4c+3 of the group for rows 0..7. Two such panels (16 rows) run against 2 tokens at
+ * a time: vpmaddubsw of each panel's vector with a broadcast of the token's 4 activation bytes, so
+ * each broadcast serves two vpmaddubsw. int4 sums a group's 8 products in int16 (|sum| <= 8 * 2 *
+ * 15 * 127 = 30480, no saturation), widens once by vpmaddwd, takes -8 * sum(x) back, and scales
+ * once per (8 rows, token, group); int8 uses the sign trick of dot_int8 and widens every vector.
+ * One lane per row: no horizontal sums. */
 typedef int32_t __attribute__((may_alias, aligned(1))) i32u;
 
 /* v[i] = 8 dwords of row i -> v[c] = dword c of rows 0..7 (unpacks within 128-bit lanes, then
@@ -287,59 +288,83 @@ static inline void store_rows(float *y, __m256 v, int64_t rows) {
     memcpy(y, out, (size_t)rows * 4);
 }
 
-/* The next panel's weight rows [pf, pf + bytes) into L2, slice g of ng, one slice per group of a
- * tile's first token block. A prefill chunk's panels come cold from DRAM (MoE experts especially:
- * read once per layer, by few tokens), and the pack reads 8 rows 16 or 32 bytes at a time, which
- * the hardware prefetchers follow poorly; fetched all at once before the tile, the prefetches
- * queued behind each other and stalled its loads. */
-static inline void prefetch_slice(const uint8_t *pf, int64_t bytes, int64_t g, int64_t ng) {
-    const int64_t step = (bytes / ng + 63) / 64 * 64;
-    for (int64_t b = g * step, e = b + step < bytes ? b + step : bytes; b < e; b += 64) prefetch_l2(pf + b);
+/* The panel after one ending at row re (at most rows rows, none past r1): its scales are
+ * prefetched now, its weight bytes (*pf, the return value) by the tile, a slice per group. */
+static int64_t next_panel(const QMat *w, int64_t re, int64_t r1, int64_t rows, const uint8_t **pf) {
+    const int64_t nn = r1 - re < rows ? r1 - re : rows;
+    for (int64_t n = re; n < re + nn; n++) prefetch_scales(w, n);
+    *pf = w->data + re * w->row_bytes;
+    return nn * w->row_bytes;
 }
 
-/* y (nt, rows) for one int4 panel: 4 tokens at a time, each token's int16 sum of a group kept in
- * its own register and added in order (written out so the compiler neither reassociates the
- * adds into a tree nor spills the accumulators: that cost a third of the speed). */
-static void panel8_int4(float *y, int64_t ldy, const uint8_t *P, const float *PS, int64_t ng,
-                        const ActLayout *L, const uint8_t *act, int64_t nt, int64_t rows,
-                        const uint8_t *pf, int64_t pf_bytes) {
+/* The next panel's weight rows [p, end), fetched into L2 while a tile runs, `per` lines per group
+ * of its first token block. A prefill chunk's panels come cold from DRAM (MoE experts especially:
+ * read once per layer, by few tokens), and the pack reads 8 rows 16 or 32 bytes at a time, which
+ * the hardware prefetchers follow poorly. All at once before the tile, the prefetches queued and
+ * stalled its loads (no gain); spread over half or all of its token blocks they gained less. */
+typedef struct { const uint8_t *p, *end; int64_t per; } Ahead;
+
+static inline Ahead ahead_of(const uint8_t *pf, int64_t bytes, int64_t ng) {
+    return (Ahead){pf, pf + bytes, ((bytes + 63) / 64 + ng - 1) / ng};
+}
+
+static inline void ahead_step(Ahead *a) {
+    for (int64_t k = 0; k < a->per && a->p < a->end; k++, a->p += 64) prefetch_l2(a->p);
+}
+
+/* One step of a group in panel16_int4: vector c of both panels (a, b) and the 4 activation bytes
+ * of both tokens (u, v), 32 bytes and 4 bytes further each step; weights unsigned, activations
+ * signed (vpmaddubsw's operand order, AT&T: signed, unsigned, destination). */
+#define P16_LOAD(wo, xo) "vmovdqa " #wo "(%[w0]), %[a]\n\t" "vmovdqa " #wo "(%[w1]), %[b]\n\t" \
+    "vpbroadcastd " #xo "(%[x0]), %[u]\n\t" "vpbroadcastd " #xo "(%[x1]), %[v]\n\t"
+#define P16_FIRST "vpmaddubsw %[u], %[a], %[h00]\n\t" "vpmaddubsw %[u], %[b], %[h01]\n\t" \
+    "vpmaddubsw %[v], %[a], %[h10]\n\t" "vpmaddubsw %[v], %[b], %[h11]\n\t"
+#define P16_ACC(x, w, h) "vpmaddubsw %[" #x "], %[" #w "], %[t]\n\t" "vpaddw %[t], %[" #h "], %[" #h "]\n\t"
+#define P16_STEP(wo, xo) P16_LOAD(wo, xo) P16_ACC(u, a, h00) P16_ACC(u, b, h01) P16_ACC(v, a, h10) P16_ACC(v, b, h11)
+
+/* int4 on 16 rows (two 8-row panels, P and P + 8 * 32 * ng) by 2 tokens: 16 broadcasts per group
+ * for 32 vpmaddubsw (8 rows by 4 tokens took 32), and odd token counts waste at most one token's
+ * work instead of three. A group's 8 steps are written in asm: from intrinsics, gcc hoisted the
+ * loads, ran out of registers and loaded each weight vector twice (and an earlier intrinsics
+ * version had its adds reassociated into a tree and spilled, a third of the speed). */
+static void panel16_int4(float *y, int64_t ldy, const uint8_t *P, const float *PS, int64_t ng,
+                         const ActLayout *L, const uint8_t *act, int64_t nt, int64_t rows,
+                         const uint8_t *pf, int64_t pf_bytes) {
     const __m256i ones = _mm256_set1_epi16(1);
-    const __m256i *pw = (const __m256i *)P;
-    for (int64_t t0 = 0; t0 < nt; t0 += 4) {
-        const int tb = (int)(nt - t0 < 4 ? nt - t0 : 4);
-        const uint8_t *a[4];
-        for (int t = 0; t < 4; t++) a[t] = act + (t0 + (t < tb ? t : tb - 1)) * L->stride;
-        const int8_t *q0 = (const int8_t *)(a[0] + L->off_q), *q1 = (const int8_t *)(a[1] + L->off_q);
-        const int8_t *q2 = (const int8_t *)(a[2] + L->off_q), *q3 = (const int8_t *)(a[3] + L->off_q);
-        __m256 f0 = _mm256_setzero_ps(), f1 = f0, f2 = f0, f3 = f0;
+    const uint8_t *p1 = P + 8 * 32 * ng;
+    const float *ps1 = PS + 8 * ng;
+    Ahead ah = ahead_of(pf, pf_bytes, ng);
+    for (int64_t t0 = 0; t0 < nt; t0 += 2) {
+        const int tb = nt - t0 < 2 ? 1 : 2;
+        const uint8_t *a0 = act + t0 * L->stride, *a1 = act + (t0 + tb - 1) * L->stride;
+        const int8_t *q0 = (const int8_t *)(a0 + L->off_q), *q1 = (const int8_t *)(a1 + L->off_q);
+        const float *s0 = (const float *)(a0 + L->off_s), *s1 = (const float *)(a1 + L->off_s);
+        const int32_t *m0 = (const int32_t *)(a0 + L->off_sum), *m1 = (const int32_t *)(a1 + L->off_sum);
+        __m256 f00 = _mm256_setzero_ps(), f01 = f00, f10 = f00, f11 = f00;  /* f<token><half> */
         for (int64_t g = 0; g < ng; g++) {
-            if (t0 == 0) prefetch_slice(pf, pf_bytes, g, ng);
-            const __m256i *wg = pw + 8 * g;
-            const int64_t e = 32 * g;
-            __m256i wv = _mm256_loadu_si256(wg);
-            __m256i h0 = _mm256_maddubs_epi16(wv, _mm256_set1_epi32(*(const i32u *)(q0 + e)));
-            __m256i h1 = _mm256_maddubs_epi16(wv, _mm256_set1_epi32(*(const i32u *)(q1 + e)));
-            __m256i h2 = _mm256_maddubs_epi16(wv, _mm256_set1_epi32(*(const i32u *)(q2 + e)));
-            __m256i h3 = _mm256_maddubs_epi16(wv, _mm256_set1_epi32(*(const i32u *)(q3 + e)));
-#pragma GCC unroll 7
-            for (int c = 1; c < 8; c++) {
-                wv = _mm256_loadu_si256(wg + c);
-                h0 = _mm256_add_epi16(h0, _mm256_maddubs_epi16(wv, _mm256_set1_epi32(*(const i32u *)(q0 + e + 4 * c))));
-                h1 = _mm256_add_epi16(h1, _mm256_maddubs_epi16(wv, _mm256_set1_epi32(*(const i32u *)(q1 + e + 4 * c))));
-                h2 = _mm256_add_epi16(h2, _mm256_maddubs_epi16(wv, _mm256_set1_epi32(*(const i32u *)(q2 + e + 4 * c))));
-                h3 = _mm256_add_epi16(h3, _mm256_maddubs_epi16(wv, _mm256_set1_epi32(*(const i32u *)(q3 + e + 4 * c))));
-                __asm__("" : "+x"(h0), "+x"(h1), "+x"(h2), "+x"(h3));  /* keep the order: no add tree */
-            }
-            const __m256 sw = _mm256_loadu_ps(PS + 8 * g);
-#define FOLD(f, h, t)                                                                                          \
-    f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_madd_epi16(h, ones),                         \
-                            _mm256_slli_epi32(_mm256_set1_epi32(((const int32_t *)(a[t] + L->off_sum))[g]), 3))), \
-                        _mm256_mul_ps(sw, _mm256_set1_ps(((const float *)(a[t] + L->off_s))[g])), f)
-            FOLD(f0, h0, 0); FOLD(f1, h1, 1); FOLD(f2, h2, 2); FOLD(f3, h3, 3);
-#undef FOLD
+            ahead_step(&ah);
+            __m256i h00, h01, h10, h11, a, b, u, v, t;
+            __asm__(P16_LOAD(0, 0) P16_FIRST P16_STEP(32, 4) P16_STEP(64, 8) P16_STEP(96, 12) P16_STEP(128, 16)
+                    P16_STEP(160, 20) P16_STEP(192, 24) P16_STEP(224, 28)
+                : [h00] "=&x"(h00), [h01] "=&x"(h01), [h10] "=&x"(h10), [h11] "=&x"(h11),
+                  [a] "=&x"(a), [b] "=&x"(b), [u] "=&x"(u), [v] "=&x"(v), [t] "=&x"(t)
+                : [w0] "r"(P + 256 * g), [w1] "r"(p1 + 256 * g), [x0] "r"(q0 + 32 * g), [x1] "r"(q1 + 32 * g)
+                : "memory");
+            const __m256 sw0 = _mm256_loadu_ps(PS + 8 * g), sw1 = _mm256_loadu_ps(ps1 + 8 * g);
+            const __m256 x0s = _mm256_set1_ps(s0[g]), x1s = _mm256_set1_ps(s1[g]);
+            const __m256i c0 = _mm256_set1_epi32(8 * m0[g]), c1 = _mm256_set1_epi32(8 * m1[g]);
+            f00 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_madd_epi16(h00, ones), c0)), _mm256_mul_ps(sw0, x0s), f00);
+            f01 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_madd_epi16(h01, ones), c0)), _mm256_mul_ps(sw1, x0s), f01);
+            f10 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_madd_epi16(h10, ones), c1)), _mm256_mul_ps(sw0, x1s), f10);
+            f11 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_madd_epi16(h11, ones), c1)), _mm256_mul_ps(sw1, x1s), f11);
         }
-        const __m256 f[4] = {f0, f1, f2, f3};
-        for (int t = 0; t < tb; t++) store_rows(y + (t0 + t) * ldy, f[t], rows);
+        const int64_t r0 = rows < 8 ? rows : 8, r1 = rows - r0;
+        store_rows(y + t0 * ldy, f00, r0);
+        if (r1 > 0) store_rows(y + t0 * ldy + 8, f01, r1);
+        if (tb == 2) {
+            store_rows(y + (t0 + 1) * ldy, f10, r0);
+            if (r1 > 0) store_rows(y + (t0 + 1) * ldy + 8, f11, r1);
+        }
     }
 }
 
@@ -352,6 +377,7 @@ static void panel16_int8(float *y, int64_t ldy, const uint8_t *P, const float *P
     const __m256i ones = _mm256_set1_epi16(1);
     const __m256i *p0 = (const __m256i *)P, *p1 = p0 + 8 * ng;
     const float *ps1 = PS + 8 * ng;
+    Ahead ah = ahead_of(pf, pf_bytes, ng);
     for (int64_t t0 = 0; t0 < nt; t0 += 2) {
         const int tb = nt - t0 < 2 ? 1 : 2;
         const uint8_t *a0 = act + t0 * L->stride, *a1 = act + (t0 + tb - 1) * L->stride;
@@ -359,7 +385,7 @@ static void panel16_int8(float *y, int64_t ldy, const uint8_t *P, const float *P
         const float *s0 = (const float *)(a0 + L->off_s), *s1 = (const float *)(a1 + L->off_s);
         __m256 f00 = _mm256_setzero_ps(), f01 = f00, f10 = f00, f11 = f00;  /* f<token><half> */
         for (int64_t g = 0; g < ng; g++) {
-            if (t0 == 0) prefetch_slice(pf, pf_bytes, g, ng);
+            ahead_step(&ah);
             __m256i h00 = _mm256_setzero_si256(), h01 = h00, h10 = h00, h11 = h00;
 #pragma GCC unroll 8
             for (int c = 0; c < 8; c++) {
@@ -396,25 +422,16 @@ static void qgemm_avx2(float *y, int64_t ldy, const QMat *w, const ActLayout *L,
     if (w->group != 32) { qgemm_scalar(y, ldy, w, L, act, nt, r0, r1, scratch); return; }
     if (nt >= PANEL_MIN_T) {
         uint8_t *P = (uint8_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
-        if (w->fmt == FMT_INT4) {
-            float *PS = (float *)(P + 8 * 32 * w->ng);
-            for (int64_t r = r0; r < r1; r += 8) {
-                const int64_t re = r + 8 < r1 ? r + 8 : r1;
-                pack_panel8(P, PS, w, r, re);
-                const int64_t nn = r1 - re < 8 ? r1 - re : 8;  /* the next panel's rows */
-                for (int64_t n = re; n < re + nn; n++) prefetch_scales(w, n);
-                panel8_int4(y + r, ldy, P, PS, w->ng, L, act, nt, re - r, w->data + re * w->row_bytes, nn * w->row_bytes);
-            }
-        } else {  /* two 8-row panels back to back, then their scales (scratch holds KERNEL_PANEL rows) */
-            float *PS = (float *)(P + 16 * 32 * w->ng);
-            for (int64_t r = r0; r < r1; r += 16) {
-                const int64_t re = r + 16 < r1 ? r + 16 : r1, rm = r + 8 < re ? r + 8 : re;
-                pack_panel8(P, PS, w, r, rm);
-                pack_panel8(P + 8 * 32 * w->ng, PS + 8 * w->ng, w, rm, re);  /* rm == re: repeats row re - 1 */
-                const int64_t nn = r1 - re < 16 ? r1 - re : 16;  /* the next panel's rows */
-                for (int64_t n = re; n < re + nn; n++) prefetch_scales(w, n);
-                panel16_int8(y + r, ldy, P, PS, w->ng, L, act, nt, re - r, w->data + re * w->row_bytes, nn * w->row_bytes);
-            }
+        /* two 8-row panels back to back, then their scales (scratch holds KERNEL_PANEL rows) */
+        float *PS = (float *)(P + 16 * 32 * w->ng);
+        for (int64_t r = r0; r < r1; r += 16) {
+            const int64_t re = r + 16 < r1 ? r + 16 : r1, rm = r + 8 < re ? r + 8 : re;
+            pack_panel8(P, PS, w, r, rm);
+            pack_panel8(P + 8 * 32 * w->ng, PS + 8 * w->ng, w, rm, re);  /* rm == re: repeats row re - 1 */
+            const uint8_t *pf;
+            const int64_t pfb = next_panel(w, re, r1, 16, &pf);
+            if (w->fmt == FMT_INT4) panel16_int4(y + r, ldy, P, PS, w->ng, L, act, nt, re - r, pf, pfb);
+            else panel16_int8(y + r, ldy, P, PS, w->ng, L, act, nt, re - r, pf, pfb);
         }
         return;
     }

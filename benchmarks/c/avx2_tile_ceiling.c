@@ -1,0 +1,44 @@
+/* The ceiling of the AVX2 int4 prefill tile's instruction mix on this CPU: the inner steps alone
+ * (weight loads, activation broadcasts, vpmaddubsw, vpaddw; no fold, everything in L1), written in
+ * asm so the compiler cannot change them, as 8 rows x 4 tokens, 16 rows x 2 tokens, and 8 x 4 with
+ * the activations as pre-broadcast vectors (no vpbroadcastd). GMAC/s, three rounds.
+ * Build and run (x86 with AVX2): gcc -O1 benchmarks/c/avx2_tile_ceiling.c -o /tmp/tile && /tmp/tile
+ */
+#include <stdio.h>
+#include <time.h>
+#include <stdint.h>
+static double now(void){struct timespec t;clock_gettime(CLOCK_MONOTONIC,&t);return t.tv_sec+t.tv_nsec*1e-9;}
+/* one c-step of 8x4: w load, 4 bcast, 4 maddubs, 4 adds (acc ymm0-3) */
+#define STEP(off) "vmovdqa " #off "*32(%0),%%ymm4\n\t" \
+ "vpbroadcastd " #off "*4(%1),%%ymm5\n\t vpmaddubsw %%ymm5,%%ymm4,%%ymm5\n\t vpaddw %%ymm5,%%ymm0,%%ymm0\n\t" \
+ "vpbroadcastd " #off "*4+2048(%1),%%ymm6\n\t vpmaddubsw %%ymm6,%%ymm4,%%ymm6\n\t vpaddw %%ymm6,%%ymm1,%%ymm1\n\t" \
+ "vpbroadcastd " #off "*4+4096(%1),%%ymm7\n\t vpmaddubsw %%ymm7,%%ymm4,%%ymm7\n\t vpaddw %%ymm7,%%ymm2,%%ymm2\n\t" \
+ "vpbroadcastd " #off "*4+6144(%1),%%ymm8\n\t vpmaddubsw %%ymm8,%%ymm4,%%ymm8\n\t vpaddw %%ymm8,%%ymm3,%%ymm3\n\t"
+/* 16x2 c-step: 2 w loads, 2 bcast, 4 maddubs, 4 adds */
+#define STEP2(off) "vmovdqa " #off "*32(%0),%%ymm4\n\t vmovdqa " #off "*32+8192(%0),%%ymm9\n\t" \
+ "vpbroadcastd " #off "*4(%1),%%ymm5\n\t vpbroadcastd " #off "*4+2048(%1),%%ymm6\n\t" \
+ "vpmaddubsw %%ymm5,%%ymm4,%%ymm7\n\t vpaddw %%ymm7,%%ymm0,%%ymm0\n\t" \
+ "vpmaddubsw %%ymm5,%%ymm9,%%ymm8\n\t vpaddw %%ymm8,%%ymm1,%%ymm1\n\t" \
+ "vpmaddubsw %%ymm6,%%ymm4,%%ymm10\n\t vpaddw %%ymm10,%%ymm2,%%ymm2\n\t" \
+ "vpmaddubsw %%ymm6,%%ymm9,%%ymm11\n\t vpaddw %%ymm11,%%ymm3,%%ymm3\n\t"
+/* w in register already (broadcast-free): x pre-broadcast vectors loaded */
+#define STEP3(off) "vmovdqa " #off "*32(%0),%%ymm4\n\t" \
+ "vpmaddubsw " #off "*32(%1),%%ymm4,%%ymm5\n\t vpaddw %%ymm5,%%ymm0,%%ymm0\n\t" \
+ "vpmaddubsw " #off "*32+2048(%1),%%ymm4,%%ymm6\n\t vpaddw %%ymm6,%%ymm1,%%ymm1\n\t" \
+ "vpmaddubsw " #off "*32+4096(%1),%%ymm4,%%ymm7\n\t vpaddw %%ymm7,%%ymm2,%%ymm2\n\t" \
+ "vpmaddubsw " #off "*32+6144(%1),%%ymm4,%%ymm8\n\t vpaddw %%ymm8,%%ymm3,%%ymm3\n\t"
+static uint8_t W[16384] __attribute__((aligned(64))), X[16384] __attribute__((aligned(64)));
+int main(){
+  const long N=20000000;
+  for (int rep = 0; rep < 3; rep++) {
+    double t=now();
+    for(long i=0;i<N;i++) __asm__ volatile(STEP(0) STEP(1) STEP(2) STEP(3) STEP(4) STEP(5) STEP(6) STEP(7)::"r"(W),"r"(X):"xmm0","xmm1","xmm2","xmm3","xmm4","xmm5","xmm6","xmm7","xmm8");
+    double dt=now()-t; printf("8x4 bcast: %.1f GMAC/s  ", 1024.0*N/dt/1e9);
+    t=now();
+    for(long i=0;i<N;i++) __asm__ volatile(STEP2(0) STEP2(1) STEP2(2) STEP2(3) STEP2(4) STEP2(5) STEP2(6) STEP2(7)::"r"(W),"r"(X):"xmm0","xmm1","xmm2","xmm3","xmm4","xmm5","xmm6","xmm7","xmm8","xmm9","xmm10","xmm11");
+    dt=now()-t; printf("16x2 bcast: %.1f GMAC/s  ", 1024.0*N/dt/1e9);
+    t=now();
+    for(long i=0;i<N;i++) __asm__ volatile(STEP3(0) STEP3(1) STEP3(2) STEP3(3) STEP3(4) STEP3(5) STEP3(6) STEP3(7)::"r"(W),"r"(X):"xmm0","xmm1","xmm2","xmm3","xmm4","xmm5","xmm6","xmm7","xmm8");
+    dt=now()-t; printf("8x4 mem-operand x: %.1f GMAC/s\n", 1024.0*N/dt/1e9);
+  }
+}
