@@ -352,7 +352,7 @@ static void panel16_int4(float *y, int64_t ldy, const uint8_t *P, const float *P
                 : "memory");
             const __m256 sw0 = _mm256_loadu_ps(PS + 8 * g), sw1 = _mm256_loadu_ps(ps1 + 8 * g);
             const __m256 x0s = _mm256_set1_ps(s0[g]), x1s = _mm256_set1_ps(s1[g]);
-            const __m256i c0 = _mm256_set1_epi32(8 * m0[g]), c1 = _mm256_set1_epi32(8 * m1[g]);
+            const __m256i c0 = _mm256_slli_epi32(_mm256_set1_epi32(m0[g]), 3), c1 = _mm256_slli_epi32(_mm256_set1_epi32(m1[g]), 3);
             f00 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_madd_epi16(h00, ones), c0)), _mm256_mul_ps(sw0, x0s), f00);
             f01 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_madd_epi16(h01, ones), c0)), _mm256_mul_ps(sw1, x0s), f01);
             f10 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_madd_epi16(h10, ones), c1)), _mm256_mul_ps(sw0, x1s), f10);
