@@ -36,7 +36,7 @@ int main(int argc, char **argv) {
     uint8_t *act[2]; float *x = malloc((size_t)K * 4), *y = malloc((size_t)(T * N) * 4), *ref = malloc((size_t)(T * N) * 4);
     for (int v = 0; v < 2; v++) act[v] = calloc((size_t)(T * L.stride), 1);
     for (int64_t t = 0; t < T; t++) {
-        for (int64_t i = 0; i < K; i++) x[i] = (float)rand() / RAND_MAX - 0.5f;
+        for (int64_t i = 0; i < K; i++) x[i] = (float)rand() / (float)RAND_MAX - 0.5f;
         for (int v = 0; v < 2; v++) ks[v]->quantize(&L, act[v] + t * L.stride, x, 0, L.nga);
     }
     uint8_t *scr = malloc(kernels_scratch_bytes(w.kp) + 64);

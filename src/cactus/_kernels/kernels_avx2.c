@@ -368,6 +368,16 @@ static void panel16_int4(float *y, int64_t ldy, const uint8_t *P, const float *P
     }
 }
 
+/* One step of a group in panel16_int8, in asm for the reason given at panel16_int4: vector c of
+ * both panels (a, b); for each token, its 4 activation bytes broadcast (u), |x| (au), w with x's
+ * sign (t), vpmaddubsw, widened by vpmaddwd with ones and added to (or, first, set as) h. */
+#define P16_SET(t, h) "vpmaddwd %[ones], %[" #t "], %[" #h "]\n\t"
+#define P16_ADD(t, h) "vpmaddwd %[ones], %[" #t "], %[" #t "]\n\t" "vpaddd %[" #t "], %[" #h "], %[" #h "]\n\t"
+#define I16_DOT(w, h, FOLD) "vpsignb %[u], %[" #w "], %[t]\n\t" "vpmaddubsw %[t], %[au], %[t]\n\t" FOLD(t, h)
+#define I16_STEP(wo, xo, FOLD) "vmovdqa " #wo "(%[w0]), %[a]\n\t" "vmovdqa " #wo "(%[w1]), %[b]\n\t" \
+    "vpbroadcastd " #xo "(%[x0]), %[u]\n\t" "vpabsb %[u], %[au]\n\t" I16_DOT(a, h00, FOLD) I16_DOT(b, h01, FOLD) \
+    "vpbroadcastd " #xo "(%[x1]), %[u]\n\t" "vpabsb %[u], %[au]\n\t" I16_DOT(a, h10, FOLD) I16_DOT(b, h11, FOLD)
+
 /* int8: |x| times (w with x's sign); the pairs reach 2 * 127 * 127, so each vector is widened.
  * 16 rows (two 8-row panels, P and P + 8 * 32 * ng) by 2 tokens: each broadcast and |x| serves two
  * rows' vectors, one fewer instruction per vpmaddubsw than 8 rows by 4 tokens. */
@@ -375,7 +385,7 @@ static void panel16_int8(float *y, int64_t ldy, const uint8_t *P, const float *P
                          const ActLayout *L, const uint8_t *act, int64_t nt, int64_t rows,
                          const uint8_t *pf, int64_t pf_bytes) {
     const __m256i ones = _mm256_set1_epi16(1);
-    const __m256i *p0 = (const __m256i *)P, *p1 = p0 + 8 * ng;
+    const uint8_t *p1 = P + 8 * 32 * ng;
     const float *ps1 = PS + 8 * ng;
     Ahead ah = ahead_of(pf, pf_bytes, ng);
     for (int64_t t0 = 0; t0 < nt; t0 += 2) {
@@ -386,18 +396,14 @@ static void panel16_int8(float *y, int64_t ldy, const uint8_t *P, const float *P
         __m256 f00 = _mm256_setzero_ps(), f01 = f00, f10 = f00, f11 = f00;  /* f<token><half> */
         for (int64_t g = 0; g < ng; g++) {
             ahead_step(&ah);
-            __m256i h00 = _mm256_setzero_si256(), h01 = h00, h10 = h00, h11 = h00;
-#pragma GCC unroll 8
-            for (int c = 0; c < 8; c++) {
-                const __m256i w0 = _mm256_loadu_si256(p0 + g * 8 + c), w1 = _mm256_loadu_si256(p1 + g * 8 + c);
-                const __m256i x0 = _mm256_set1_epi32(*(const i32u *)(q0 + 32 * g + 4 * c)), ax0 = _mm256_abs_epi8(x0);
-                h00 = _mm256_add_epi32(h00, _mm256_madd_epi16(_mm256_maddubs_epi16(ax0, _mm256_sign_epi8(w0, x0)), ones));
-                h01 = _mm256_add_epi32(h01, _mm256_madd_epi16(_mm256_maddubs_epi16(ax0, _mm256_sign_epi8(w1, x0)), ones));
-                const __m256i x1 = _mm256_set1_epi32(*(const i32u *)(q1 + 32 * g + 4 * c)), ax1 = _mm256_abs_epi8(x1);
-                h10 = _mm256_add_epi32(h10, _mm256_madd_epi16(_mm256_maddubs_epi16(ax1, _mm256_sign_epi8(w0, x1)), ones));
-                h11 = _mm256_add_epi32(h11, _mm256_madd_epi16(_mm256_maddubs_epi16(ax1, _mm256_sign_epi8(w1, x1)), ones));
-                __asm__("" : "+x"(h00), "+x"(h01), "+x"(h10), "+x"(h11));  /* keep the order: no add tree */
-            }
+            __m256i h00, h01, h10, h11, a, b, u, au, t;
+            __asm__(I16_STEP(0, 0, P16_SET) I16_STEP(32, 4, P16_ADD) I16_STEP(64, 8, P16_ADD) I16_STEP(96, 12, P16_ADD)
+                    I16_STEP(128, 16, P16_ADD) I16_STEP(160, 20, P16_ADD) I16_STEP(192, 24, P16_ADD) I16_STEP(224, 28, P16_ADD)
+                : [h00] "=&x"(h00), [h01] "=&x"(h01), [h10] "=&x"(h10), [h11] "=&x"(h11),
+                  [a] "=&x"(a), [b] "=&x"(b), [u] "=&x"(u), [au] "=&x"(au), [t] "=&x"(t)
+                : [w0] "r"(P + 256 * g), [w1] "r"(p1 + 256 * g), [x0] "r"(q0 + 32 * g),
+                  [x1] "r"(q1 + 32 * g), [ones] "x"(ones)
+                : "memory");
             const __m256 sw0 = _mm256_loadu_ps(PS + 8 * g), sw1 = _mm256_loadu_ps(ps1 + 8 * g);
             const __m256 x0s = _mm256_set1_ps(s0[g]), x1s = _mm256_set1_ps(s1[g]);
             f00 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(h00), _mm256_mul_ps(sw0, x0s), f00);
