@@ -23,7 +23,7 @@ static double rate(const Kernels *k, const QMat *w, int64_t rows) {
     act_layout(&L, w->k, w->group, w->fmt);
     uint8_t *act = aligned_alloc(64, (L.stride + 63) / 64 * 64);
     float *x = malloc(w->k * 4), *y = malloc(rows * 4);
-    for (int64_t i = 0; i < w->k; i++) x[i] = (float)rand() / RAND_MAX - 0.5f;
+    for (int64_t i = 0; i < w->k; i++) x[i] = (float)rand() / (float)RAND_MAX - 0.5f;
     k->quantize(&L, act, x, 0, L.nga);
     uint8_t *scr = aligned_alloc(64, (kernels_scratch_bytes(w->kp) + 63) / 64 * 64);
     const double bytes = (double)rows * (w->row_bytes + 2 * w->ng);

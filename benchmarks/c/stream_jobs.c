@@ -100,7 +100,7 @@ int main(void) {
     for (int64_t i = 0; i < N * NG; i++) sc[i] = f32_to_f16(0.001f + 0.01f * (float)(rand() % 100) / 100.0f);
     W.data = d; W.scales = sc;
     P = big((size_t)N / 16 * (NG / 2) * PAIR_BYTES); pack();
-    float x[2048]; for (int i = 0; i < K; i++) x[i] = (float)rand() / RAND_MAX - 0.5f;
+    float x[2048]; for (int i = 0; i < K; i++) x[i] = (float)rand() / (float)RAND_MAX - 0.5f;
     act_layout(&L, K, 32, FMT_INT4); act = aligned_alloc(64, (L.stride + 63) / 64 * 64);
     kernels_avx512vnni_gfni.quantize(&L, act, x, 0, L.nga);
     memcpy(xq, act + L.off_q, K); memcpy(sx, act + L.off_s, 4 * NG);
