@@ -288,6 +288,17 @@ static inline void store_rows(float *y, __m256 v, int64_t rows) {
     memcpy(y, out, (size_t)rows * 4);
 }
 
+/* A 16-row, 2-token tile's results: f<token><half> to rows [0, rows) of tokens 0..tb-1 of y */
+static inline void store16x2(float *y, int64_t ldy, int64_t rows, int tb, __m256 f00, __m256 f01, __m256 f10, __m256 f11) {
+    const int64_t r0 = rows < 8 ? rows : 8, r1 = rows - r0;
+    store_rows(y, f00, r0);
+    if (r1 > 0) store_rows(y + 8, f01, r1);
+    if (tb == 2) {
+        store_rows(y + ldy, f10, r0);
+        if (r1 > 0) store_rows(y + ldy + 8, f11, r1);
+    }
+}
+
 /* The panel after one ending at row re (at most rows rows, none past r1): its scales are
  * prefetched now, its weight bytes (*pf, the return value) by the tile, a slice per group. */
 static int64_t next_panel(const QMat *w, int64_t re, int64_t r1, int64_t rows, const uint8_t **pf) {
@@ -358,13 +369,7 @@ static void panel16_int4(float *y, int64_t ldy, const uint8_t *P, const float *P
             f10 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_madd_epi16(h10, ones), c1)), _mm256_mul_ps(sw0, x1s), f10);
             f11 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_madd_epi16(h11, ones), c1)), _mm256_mul_ps(sw1, x1s), f11);
         }
-        const int64_t r0 = rows < 8 ? rows : 8, r1 = rows - r0;
-        store_rows(y + t0 * ldy, f00, r0);
-        if (r1 > 0) store_rows(y + t0 * ldy + 8, f01, r1);
-        if (tb == 2) {
-            store_rows(y + (t0 + 1) * ldy, f10, r0);
-            if (r1 > 0) store_rows(y + (t0 + 1) * ldy + 8, f11, r1);
-        }
+        store16x2(y + t0 * ldy, ldy, rows, tb, f00, f01, f10, f11);
     }
 }
 
@@ -411,13 +416,7 @@ static void panel16_int8(float *y, int64_t ldy, const uint8_t *P, const float *P
             f10 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(h10), _mm256_mul_ps(sw0, x1s), f10);
             f11 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(h11), _mm256_mul_ps(sw1, x1s), f11);
         }
-        const int64_t r0 = rows < 8 ? rows : 8, r1 = rows - r0;
-        store_rows(y + t0 * ldy, f00, r0);
-        if (r1 > 0) store_rows(y + t0 * ldy + 8, f01, r1);
-        if (tb == 2) {
-            store_rows(y + (t0 + 1) * ldy, f10, r0);
-            if (r1 > 0) store_rows(y + (t0 + 1) * ldy + 8, f11, r1);
-        }
+        store16x2(y + t0 * ldy, ldy, rows, tb, f00, f01, f10, f11);
     }
 }
 

@@ -21,11 +21,10 @@ int pool_size(const Pool *p);              /* upper bound on tid + 1 */
  * done; returns when all that joined have returned. If another caller holds the pool, fn runs on
  * the calling thread alone.
  * Adaptive: `cost` is the job's size (bytes of weights it reads, times tokens) and `kind` its
- * class (< POOL_KINDS; the driver uses 2 * op for decode; -1: always every thread, as
- * the driver runs prefill). For each
- * kind the pool keeps the measured
- * time per byte with all threads and with the caller alone, re-measures the other way for a few
- * jobs every so often, and runs each job the faster way. On a shared machine whose other cores
+ * class (< POOL_KINDS; the driver uses 2 * op for decode; -1: always every thread, as the driver
+ * runs prefill). For each kind the pool keeps the measured time per byte with all threads and
+ * with the caller alone, re-measures the other way for a few jobs every so often, and runs each
+ * job the faster way. On a shared machine whose other cores
  * or memory bus are busy, more threads can be slower; this finds out instead of assuming. */
 void pool_run(Pool *p, pool_fn fn, void *arg, double cost, int kind);
 
