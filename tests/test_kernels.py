@@ -32,7 +32,8 @@ def spec_linear(x: np.ndarray, w: QTensor) -> np.ndarray:
     return quant.qlinear_spec(x, w) if w.fmt in quant.QUANTIZED else ops.linear_ref(x, w)
 
 
-SHAPES = [(1, 1, 32), (1, 37, 100), (1, 64, 2048), (2, 33, 96), (3, 5, 1056), (5, 17, 64), (9, 50, 300), (17, 40, 200)]
+SHAPES = [(1, 1, 32), (1, 37, 100), (1, 64, 2048), (2, 33, 96), (3, 5, 1056), (5, 17, 64), (7, 24, 160), (8, 40, 96),
+          (9, 50, 300), (17, 40, 200)]
 
 
 @pytest.mark.parametrize("level", LEVELS)

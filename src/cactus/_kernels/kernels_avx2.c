@@ -205,9 +205,9 @@ static float dot_int8(const uint8_t *row, const uint16_t *sw, int64_t ng, const 
 
 /* Prefill (nt >= PANEL_MIN_T tokens, G = 32): 8 rows are packed into a panel where each 32-bit lane holds 4
  * weights of one row (int4 unpacked to u = q + 8, one byte each; int8 as stored), group-major: vector c of group g holds
- * elements 4c..4c+3 of the group for rows 0..7. Two such panels (16 rows) run against 2 tokens at
- * a time: vpmaddubsw of each panel's vector with a broadcast of the token's 4 activation bytes, so
- * each broadcast serves two vpmaddubsw. int4 sums a group's 8 products in int16 (|sum| <= 8 * 2 *
+ * elements 4c..4c+3 of the group for rows 0..7. Two such panels (16 rows) run against 4 tokens
+ * (int4; int8, and int4's last 1-3 tokens, 2) at a time: vpmaddubsw of each panel's vector with a
+ * broadcast of the token's 4 activation bytes, so each broadcast serves two vpmaddubsw. int4 sums a group's 8 products in int16 (|sum| <= 8 * 2 *
  * 15 * 127 = 30480, no saturation), widens once by vpmaddwd, takes -8 * sum(x) back, and scales
  * once per (8 rows, token, group); int8 uses the sign trick of dot_int8 and widens every vector.
  * One lane per row: no horizontal sums. */
@@ -333,18 +333,19 @@ static inline void ahead_step(Ahead *a) {
 #define P16_ACC(x, w, h) "vpmaddubsw %[" #x "], %[" #w "], %[t]\n\t" "vpaddw %[t], %[" #h "], %[" #h "]\n\t"
 #define P16_STEP(wo, xo) P16_LOAD(wo, xo) P16_ACC(u, a, h00) P16_ACC(u, b, h01) P16_ACC(v, a, h10) P16_ACC(v, b, h11)
 
-/* int4 on 16 rows (two 8-row panels, P and P + 8 * 32 * ng) by 2 tokens: 16 broadcasts per group
- * for 32 vpmaddubsw (8 rows by 4 tokens took 32), and odd token counts waste at most one token's
- * work instead of three. A group's 8 steps are written in asm: from intrinsics, gcc hoisted the
- * loads, ran out of registers and loaded each weight vector twice (and an earlier intrinsics
+/* f + (the int4 group sums h, widened, less 8 * sum(x) in c) * the scale s (weight times activation) */
+static inline __m256 fold_int4(__m256 f, __m256i h, __m256i c, __m256 s) {
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_madd_epi16(h, _mm256_set1_epi16(1)), c)), s, f);
+}
+
+/* int4 on 16 rows (two 8-row panels, P and P + 8 * 32 * ng) by 1-2 tokens: the 1-3 tokens left
+ * after panel16x4_int4 (below). A group's 8 steps are written in asm: from intrinsics, gcc hoisted
+ * the loads, ran out of registers and loaded each weight vector twice (and an earlier intrinsics
  * version had its adds reassociated into a tree and spilled, a third of the speed). */
 static void panel16_int4(float *y, int64_t ldy, const uint8_t *P, const float *PS, int64_t ng,
-                         const ActLayout *L, const uint8_t *act, int64_t nt, int64_t rows,
-                         const uint8_t *pf, int64_t pf_bytes) {
-    const __m256i ones = _mm256_set1_epi16(1);
+                         const ActLayout *L, const uint8_t *act, int64_t nt, int64_t rows, Ahead *ah) {
     const uint8_t *p1 = P + 8 * 32 * ng;
     const float *ps1 = PS + 8 * ng;
-    Ahead ah = ahead_of(pf, pf_bytes, ng);
     for (int64_t t0 = 0; t0 < nt; t0 += 2) {
         const int tb = nt - t0 < 2 ? 1 : 2;
         const uint8_t *a0 = act + t0 * L->stride, *a1 = act + (t0 + tb - 1) * L->stride;
@@ -353,7 +354,7 @@ static void panel16_int4(float *y, int64_t ldy, const uint8_t *P, const float *P
         const int32_t *m0 = (const int32_t *)(a0 + L->off_sum), *m1 = (const int32_t *)(a1 + L->off_sum);
         __m256 f00 = _mm256_setzero_ps(), f01 = f00, f10 = f00, f11 = f00;  /* f<token><half> */
         for (int64_t g = 0; g < ng; g++) {
-            ahead_step(&ah);
+            ahead_step(ah);
             __m256i h00, h01, h10, h11, a, b, u, v, t;
             __asm__(P16_LOAD(0, 0) P16_FIRST P16_STEP(32, 4) P16_STEP(64, 8) P16_STEP(96, 12) P16_STEP(128, 16)
                     P16_STEP(160, 20) P16_STEP(192, 24) P16_STEP(224, 28)
@@ -364,12 +365,63 @@ static void panel16_int4(float *y, int64_t ldy, const uint8_t *P, const float *P
             const __m256 sw0 = _mm256_loadu_ps(PS + 8 * g), sw1 = _mm256_loadu_ps(ps1 + 8 * g);
             const __m256 x0s = _mm256_set1_ps(s0[g]), x1s = _mm256_set1_ps(s1[g]);
             const __m256i c0 = _mm256_slli_epi32(_mm256_set1_epi32(m0[g]), 3), c1 = _mm256_slli_epi32(_mm256_set1_epi32(m1[g]), 3);
-            f00 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_madd_epi16(h00, ones), c0)), _mm256_mul_ps(sw0, x0s), f00);
-            f01 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_madd_epi16(h01, ones), c0)), _mm256_mul_ps(sw1, x0s), f01);
-            f10 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_madd_epi16(h10, ones), c1)), _mm256_mul_ps(sw0, x1s), f10);
-            f11 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_madd_epi16(h11, ones), c1)), _mm256_mul_ps(sw1, x1s), f11);
+            f00 = fold_int4(f00, h00, c0, _mm256_mul_ps(sw0, x0s));
+            f01 = fold_int4(f01, h01, c0, _mm256_mul_ps(sw1, x0s));
+            f10 = fold_int4(f10, h10, c1, _mm256_mul_ps(sw0, x1s));
+            f11 = fold_int4(f11, h11, c1, _mm256_mul_ps(sw1, x1s));
         }
         store16x2(y + t0 * ldy, ldy, rows, tb, f00, f01, f10, f11);
+    }
+}
+
+/* One step of a group in panel16x4_int4: vector c of both panels (a, b), then for each of the 4
+ * tokens its 4 activation bytes broadcast (u) and multiplied with both. */
+#define Q16_TOK(xo, x, h0, h1) "vpbroadcastd " #xo "(%[" #x "]), %[u]\n\t" P16_ACC(u, a, h0) P16_ACC(u, b, h1)
+#define Q16_FTOK(x, h0, h1) "vpbroadcastd (%[" #x "]), %[u]\n\t" \
+    "vpmaddubsw %[u], %[a], %[" #h0 "]\n\t" "vpmaddubsw %[u], %[b], %[" #h1 "]\n\t"
+#define Q16_FIRST "vmovdqa (%[w0]), %[a]\n\t" "vmovdqa (%[w1]), %[b]\n\t" \
+    Q16_FTOK(x0, h00, h01) Q16_FTOK(x1, h10, h11) Q16_FTOK(x2, h20, h21) Q16_FTOK(x3, h30, h31)
+#define Q16_STEP(wo, xo) "vmovdqa " #wo "(%[w0]), %[a]\n\t" "vmovdqa " #wo "(%[w1]), %[b]\n\t" \
+    Q16_TOK(xo, x0, h00, h01) Q16_TOK(xo, x1, h10, h11) Q16_TOK(xo, x2, h20, h21) Q16_TOK(xo, x3, h30, h31)
+
+/* int4 on 16 rows by 4 tokens (nt a multiple of 4): each weight vector serves 4 tokens and each
+ * broadcast 2 rows' vectors, 0.75 loads per vpmaddubsw against 1 for 16 x 2. The 8 float
+ * accumulators do not fit beside the asm's 12 registers, so most live in memory (f): a load and a
+ * store each per group, against 16 loads saved. */
+static void panel16x4_int4(float *y, int64_t ldy, const uint8_t *P, const float *PS, int64_t ng,
+                           const ActLayout *L, const uint8_t *act, int64_t nt, int64_t rows, Ahead *ah) {
+    const uint8_t *p1 = P + 8 * 32 * ng;
+    const float *ps1 = PS + 8 * ng;
+    for (int64_t t0 = 0; t0 + 4 <= nt; t0 += 4) {
+        const uint8_t *a[4];
+        const int8_t *q[4];
+        for (int k = 0; k < 4; k++) {
+            a[k] = act + (t0 + k) * L->stride;
+            q[k] = (const int8_t *)(a[k] + L->off_q);
+        }
+        __m256 f[4][2];
+        for (int k = 0; k < 4; k++) f[k][0] = f[k][1] = _mm256_setzero_ps();
+        for (int64_t g = 0; g < ng; g++) {
+            ahead_step(ah);
+            __m256i h[4][2], wa, wb, u, t;
+            __asm__(Q16_FIRST Q16_STEP(32, 4) Q16_STEP(64, 8) Q16_STEP(96, 12) Q16_STEP(128, 16)
+                    Q16_STEP(160, 20) Q16_STEP(192, 24) Q16_STEP(224, 28)
+                : [h00] "=&x"(h[0][0]), [h01] "=&x"(h[0][1]), [h10] "=&x"(h[1][0]), [h11] "=&x"(h[1][1]),
+                  [h20] "=&x"(h[2][0]), [h21] "=&x"(h[2][1]), [h30] "=&x"(h[3][0]), [h31] "=&x"(h[3][1]),
+                  [a] "=&x"(wa), [b] "=&x"(wb), [u] "=&x"(u), [t] "=&x"(t)
+                : [w0] "r"(P + 256 * g), [w1] "r"(p1 + 256 * g), [x0] "r"(q[0] + 32 * g), [x1] "r"(q[1] + 32 * g),
+                  [x2] "r"(q[2] + 32 * g), [x3] "r"(q[3] + 32 * g)
+                : "memory");
+            const __m256 sw0 = _mm256_loadu_ps(PS + 8 * g), sw1 = _mm256_loadu_ps(ps1 + 8 * g);
+            for (int k = 0; k < 4; k++) {
+                const __m256 xs = _mm256_set1_ps(((const float *)(a[k] + L->off_s))[g]);
+                const __m256i c = _mm256_slli_epi32(_mm256_set1_epi32(((const int32_t *)(a[k] + L->off_sum))[g]), 3);
+                f[k][0] = fold_int4(f[k][0], h[k][0], c, _mm256_mul_ps(sw0, xs));
+                f[k][1] = fold_int4(f[k][1], h[k][1], c, _mm256_mul_ps(sw1, xs));
+            }
+        }
+        store16x2(y + t0 * ldy, ldy, rows, 2, f[0][0], f[0][1], f[1][0], f[1][1]);
+        store16x2(y + (t0 + 2) * ldy, ldy, rows, 2, f[2][0], f[2][1], f[3][0], f[3][1]);
     }
 }
 
@@ -435,8 +487,12 @@ static void qgemm_avx2(float *y, int64_t ldy, const QMat *w, const ActLayout *L,
             pack_panel8(P + 8 * 32 * w->ng, PS + 8 * w->ng, w, rm, re);  /* rm == re: repeats row re - 1 */
             const uint8_t *pf;
             const int64_t pfb = next_panel(w, re, r1, 16, &pf);
-            if (w->fmt == FMT_INT4) panel16_int4(y + r, ldy, P, PS, w->ng, L, act, nt, re - r, pf, pfb);
-            else panel16_int8(y + r, ldy, P, PS, w->ng, L, act, nt, re - r, pf, pfb);
+            if (w->fmt == FMT_INT4) {
+                Ahead ah = ahead_of(pf, pfb, w->ng);
+                const int64_t n4 = nt / 4 * 4;
+                panel16x4_int4(y + r, ldy, P, PS, w->ng, L, act, n4, re - r, &ah);
+                if (n4 < nt) panel16_int4(y + r + n4 * ldy, ldy, P, PS, w->ng, L, act + n4 * L->stride, nt - n4, re - r, &ah);
+            } else panel16_int8(y + r, ldy, P, PS, w->ng, L, act, nt, re - r, pf, pfb);
         }
         return;
     }
