@@ -33,6 +33,52 @@ static inline __m256 load_upto8(const float *x, int64_t n) {
     return _mm256_loadu_ps(buf);
 }
 
+/* act_extras (kernels_scalar.c) for G = 32, as extras_avx512 (kernels_avx512.c) with 256-bit halves:
+ * int4 a block of 4 groups (64 packed weight bytes), int8 one group at a time; other groups and group
+ * sizes go to the scalar loop. */
+static void extras_avx2(const ActLayout *L, uint8_t *act, int64_t g0, int64_t g1) {
+    if (!L->extras) return;
+    if (L->group != 32 || (L->fmt != FMT_INT4 && L->fmt != FMT_INT8) || (L->fmt == FMT_INT4 && g0 % 4)) {
+        act_extras(L, act, g0, g1);
+        return;
+    }
+    const int8_t *q = (const int8_t *)(act + L->off_q);
+    const float *s = (const float *)(act + L->off_s);
+    int32_t *corr = (int32_t *)(act + L->off_corr);
+    float *sl = (float *)(act + L->off_sl);
+    const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+    int64_t g = g0;
+    if (L->fmt == FMT_INT4) {
+        const __m256i first = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), second = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
+        for (; g + 4 <= g1; g += 4) {
+            /* groups g..g+3: the first 16 x's of each meet the low nibbles, the last 16 the high */
+            const int64_t b = g / 4;  /* block: 16 lanes of corr and sl */
+            const __m256i z0 = _mm256_loadu_si256((const __m256i *)(q + 32 * g)), z1 = _mm256_loadu_si256((const __m256i *)(q + 32 * g + 32));
+            const __m256i z2 = _mm256_loadu_si256((const __m256i *)(q + 32 * g + 64)), z3 = _mm256_loadu_si256((const __m256i *)(q + 32 * g + 96));
+            const __m256i lo[2] = {_mm256_permute2x128_si256(z0, z1, 0x20), _mm256_permute2x128_si256(z2, z3, 0x20)};
+            const __m256i hi[2] = {_mm256_permute2x128_si256(z0, z1, 0x31), _mm256_permute2x128_si256(z2, z3, 0x31)};
+            int8_t *qn = (int8_t *)(act + L->off_qn) + 128 * b;
+            const __m256 sg = _mm256_castps128_ps256(_mm_loadu_ps(s + g));
+            for (int h = 0; h < 2; h++) {
+                _mm256_storeu_si256((__m256i *)(qn + 32 * h), lo[h]);
+                _mm256_storeu_si256((__m256i *)(qn + 64 + 32 * h), hi[h]);
+                const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(ones8, lo[h]), _mm256_maddubs_epi16(ones8, hi[h]));
+                const __m256i sums = _mm256_madd_epi16(pairs, ones16);  /* lane: 4 low-nibble x's + 4 high */
+                _mm256_storeu_si256((__m256i *)(corr + 16 * b + 8 * h), _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(sums, 3)));
+                _mm256_storeu_ps(sl + 16 * b + 8 * h, _mm256_permutevar8x32_ps(sg, h ? second : first));
+            }
+        }
+    } else {
+        for (; g < g1; g++) {  /* 8 lanes of 4 x's per group */
+            const __m256i z = _mm256_loadu_si256((const __m256i *)(q + 32 * g));
+            const __m256i sums = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, z), ones16);
+            _mm256_storeu_si256((__m256i *)(corr + 8 * g), _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(sums, 7)));
+            _mm256_storeu_ps(sl + 8 * g, _mm256_set1_ps(s[g]));
+        }
+    }
+    if (g < g1) act_extras(L, act, g, g1);
+}
+
 static void quantize_avx2(const ActLayout *L, uint8_t *act, const float *x, int64_t g0, int64_t g1) {
     const int64_t G = L->group, groups_q = L->kpa / G;
     int8_t *q = (int8_t *)(act + L->off_q);
@@ -82,7 +128,7 @@ static void quantize_avx2(const ActLayout *L, uint8_t *act, const float *x, int6
         s[g] = d;
         sum[g] = acc;
     }
-    act_extras(L, act, g0, g1 < groups_q ? g1 : groups_q);
+    extras_avx2(L, act, g0, g1 < groups_q ? g1 : groups_q);
 }
 
 /* ------------------------------------------------------------------ integer rows, G = 32 */
