@@ -277,6 +277,21 @@ def test_bench_synthetic_tiny_reports_speed_memory_and_bandwidth(tmp_path):
     assert (tmp_path / "synthetic" / "tiny-int4" / "model.safetensors").is_file()
 
 
+@pytest.mark.parametrize("args,says", [
+    (["--runs", "0"], "argument --runs: must be at least 1, got 0"),
+    (["--gen", "0"], "argument --gen: must be at least 1, got 0"),
+    (["--threads", "-3"], "argument --threads: must be at least 1, got -3"),
+    (["--prompt", "x"], "argument --prompt: not a whole number: 'x'"),
+    (["--prompt", "999999"], "--prompt 999999 plus --gen 4 tokens exceed the model's context window of"),
+])
+def test_bench_rejects_bad_options_in_one_line(tmp_path, args, says):
+    # through `python -m cactus.bench` as benchmarks/run_bars.sh calls it: the message, not a traceback
+    r = subprocess.run([sys.executable, "-m", "cactus.bench", "--synthetic", "tiny", "--gen", "4", *args],
+                       capture_output=True, text=True, timeout=600, env=dict(os.environ, CACTUS_CACHE=str(tmp_path)))
+    assert r.returncode == 2
+    assert says in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
 def test_build_rebuilds_kernels_and_reports_the_isa():
     r = cactus("build")
     assert r.returncode == 0, r.stderr

@@ -137,6 +137,9 @@ def run(model_dir: Path, prompt: int, gen: int, runs: int, threads: int | None, 
                  "runs": runs}
     with AnonSampler() as anon:
         model = engine.load(model_dir, max_context=prompt + gen + 8)
+        if prompt + gen > model.max_context:
+            raise ValueError(f"--prompt {prompt} plus --gen {gen} tokens exceed the model's context window of "
+                             f"{model.max_context} tokens")
         res["quant"] = model.quant
         res["page_cache_warm_s"] = warm_page_cache(model)
         ids = np.random.default_rng(seed).integers(0, model.config.vocab_size, prompt)
@@ -202,15 +205,26 @@ def format_result(r: dict) -> str:
     ])
 
 
+def _count(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cactus bench", description="Measure prefill/decode speed and memory.")
     p.add_argument("model_dir", nargs="?", help="a converted model directory")
     p.add_argument("--synthetic", metavar="NAME", help="random weights of a published shape (cactus.shapes)")
     p.add_argument("--quant", default="int4", choices=["int4", "int8", "f16", "bf16", "f32"])
-    p.add_argument("--prompt", type=int, default=512, help="prompt tokens (default 512)")
-    p.add_argument("--gen", type=int, default=64, help="decoded tokens (default 64)")
-    p.add_argument("--threads", type=int, help="kernel threads (default: CACTUS_THREADS or physical cores)")
-    p.add_argument("--runs", type=int, default=3, help="runs; medians are reported (default 3)")
+    p.add_argument("--prompt", type=_count, default=512, help="prompt tokens (default 512)")
+    p.add_argument("--gen", type=_count, default=64, help="decoded tokens (default 64)")
+    p.add_argument("--threads", type=_count, help="kernel threads (default: CACTUS_THREADS or physical cores)")
+    p.add_argument("--runs", type=_count, default=3, help="runs; medians are reported (default 3)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 
@@ -235,5 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m cactus.bench: as `cactus bench`, errors as one line
+    from .cli import main as cli_main
+
+    sys.exit(cli_main(["bench", *sys.argv[1:]]))
