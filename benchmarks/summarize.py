@@ -10,7 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-COLUMNS = ["run", "model", "quant", "threads", "prompt", "prefill tok/s", "TTFT ms", "decode tok/s", "weights/token MB",
+COLUMNS = ["run", "model", "quant", "threads", "prompt", "prefill tok/s", "prefill % of compute per run", "TTFT ms",
+           "decode tok/s", "weights/token MB",
            "effective GB/s", "measured GB/s per run", "eff % of bw per run", "peak anon MB", "peak RSS MB",
            "python %", "team jobs %"]
 
@@ -28,10 +29,15 @@ def percent(r: dict) -> str:
     return f"{r['effective_pct_of_bw']:.0f}–{r['effective_pct_of_bw_low']:.0f}"
 
 
+def compute(r: dict) -> str:
+    """Prefill work against the kernels' in-cache rate measured before each run (newer files only)."""
+    return ", ".join(f"{p:.0f}" for p in r.get("prefill_pct_of_compute_all", [])) or "–"
+
+
 def row(path: Path, r: dict) -> list[str]:
     name = Path(r["model"]).name
     return [path.stem.rsplit("-", 1)[-1], name, r["quant"], str(r["threads"]), str(r["prompt"]),
-            f"{r['prefill_tps']:.1f}", f"{r['ttft_ms']:.0f}", f"{r['decode_tps']:.2f}",
+            f"{r['prefill_tps']:.1f}", compute(r), f"{r['ttft_ms']:.0f}", f"{r['decode_tps']:.2f}",
             f"{r['weight_bytes_per_token'] / 1e6:.0f}", f"{r['effective_gbs']:.1f}",
             bandwidth(r), percent(r),
             f"{r['peak_anon_rss_mb']:.0f}", f"{r['peak_rss_mb']:.0f}", f"{r['python_overhead_pct']:.1f}",

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 from chat_helpers import ScriptedModel, convert_chat_model
@@ -272,9 +273,27 @@ def test_bench_synthetic_tiny_reports_speed_memory_and_bandwidth(tmp_path):
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     for key in ("prefill_tps", "decode_tps", "ttft_ms", "peak_rss_mb", "peak_anon_rss_mb", "effective_gbs",
-                "bw_gbs"):
+                "bw_gbs", "prefill_gmacs", "prefill_pct_of_compute"):
         assert result[key] > 0, key
     assert (tmp_path / "synthetic" / "tiny-int4" / "model.safetensors").is_file()
+
+
+def test_bench_counts_a_prompt_tokens_multiply_adds_from_the_config(tmp_path):
+    # the yardstick of prefill work: every weight matrix once, top_k of E experts, no LM head
+    from cactus import engine, synthetic
+    from cactus.bench import weight_macs_per_prompt_token
+
+    d = synthetic.write("tiny", "int4", tmp_path / "tiny", progress=False)
+    cfg = json.loads((Path(d) / "config.json").read_text())
+    h, kv, hd = cfg["hidden_size"], cfg["num_key_value_heads"], cfg["hidden_size"] // cfg["num_attention_heads"]
+    want = 0
+    for i, kind in enumerate(cfg["layer_types"]):
+        want += 4 * h * h if kind == "conv" else 2 * h * h + 2 * h * kv * hd  # in/out proj; q, k, v, o
+        if i < cfg["num_dense_layers"]:
+            want += 3 * h * cfg["intermediate_size"]
+        else:  # router, then top_k experts of w1, w3, w2
+            want += h * cfg["num_experts"] + cfg["num_experts_per_tok"] * 3 * h * cfg["moe_intermediate_size"]
+    assert weight_macs_per_prompt_token(engine.load(d)) == want
 
 
 @pytest.mark.parametrize("args,says", [

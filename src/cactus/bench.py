@@ -11,6 +11,10 @@ effective bandwidth is read against the mean of the two: machines like this one 
 bandwidth levels within seconds, so only neighbouring measurements compare. Peak anonymous RSS is sampled from
 /proc/self/status (RssAnon; mmap'ed weights count as RssFile, not anonymous); peak RSS is VmHWM.
 Python overhead = decode wall time minus time inside kernels (counted by the binding).
+Prefill is bound by compute, so its yardstick is the kernels' own rate on a matrix in cache (int4
+or the model's format, 64 tokens, all threads), measured in a child process just before every
+prefill run: prefill work = multiply-adds of a prompt token against the weights (dense, and the
+active share of the experts) x prefill tok/s, read against it.
 """
 
 from __future__ import annotations
@@ -93,29 +97,71 @@ def measure_bandwidth(threads: int, mib: int = 512, reps: int = 7) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def weight_bytes_per_token(model) -> dict[str, int]:
-    """Bytes of weights one decoded token reads: every dense tensor once, A/E of each expert stack."""
+def _weights(model):
+    """(part, tensor, share) for each weight of the net: share = the fraction a token reads (top_k / E
+    of an expert stack, 1 otherwise); part = dense, experts, lm_head or embed."""
     from .models.lfm2 import MoE, ShortConv
 
-    net, dense, experts = model.net, 0, 0
+    net = model.net
     for b in net.blocks:
-        dense += b.operator_norm.nbytes + b.ffn_norm.nbytes
+        yield from (("dense", b.operator_norm, 1), ("dense", b.ffn_norm, 1))
         op = b.op
         if isinstance(op, ShortConv):
-            dense += op.in_proj.nbytes + op.out_proj.nbytes + op.conv.nbytes
+            yield from (("dense", t, 1) for t in (op.in_proj, op.out_proj, op.conv))
         else:
-            dense += sum(t.nbytes for t in (op.q_proj, op.k_proj, op.v_proj, op.out_proj)) + op.q_norm.nbytes * 2
+            yield from (("dense", t, 1) for t in (op.q_proj, op.k_proj, op.v_proj, op.out_proj, op.q_norm, op.k_norm))
         f = b.ffn
         if isinstance(f, MoE):
-            dense += f.gate.nbytes + (0 if f.expert_bias is None else f.expert_bias.nbytes)
-            e = f.w1.shape[0]
-            experts += (f.w1.nbytes + f.w3.nbytes + f.w2.nbytes) * f.top_k // e
+            yield from (("dense", t, 1) for t in (f.gate, f.expert_bias) if t is not None)
+            yield from (("experts", t, f.top_k / f.w1.shape[0]) for t in (f.w1, f.w3, f.w2))
         else:
-            dense += f.w1.nbytes + f.w2.nbytes + f.w3.nbytes
-    head = net.lm_head.nbytes + net.norm.nbytes
-    row = net.embed.nbytes // net.embed.shape[0]
-    return {"dense": dense, "experts": experts, "lm_head": head, "embed_row": row,
-            "total": dense + experts + head + row}
+            yield from (("dense", t, 1) for t in (f.w1, f.w2, f.w3))
+    yield from (("lm_head", net.lm_head, 1), ("lm_head", net.norm, 1), ("embed", net.embed, 1 / net.embed.shape[0]))
+
+
+def weight_bytes_per_token(model) -> dict[str, int]:
+    """Bytes of weights one decoded token reads: every dense tensor once, A/E of each expert stack."""
+    out = {"dense": 0, "experts": 0, "lm_head": 0, "embed_row": 0}
+    for part, t, share in _weights(model):
+        out["embed_row" if part == "embed" else part] += round(t.nbytes * share)
+    out["total"] = sum(out.values())
+    return out
+
+
+def weight_macs_per_prompt_token(model) -> int:
+    """Multiply-adds of one prompt token against the weight matrices (dense and its share of the
+    experts; the LM head runs for the last token only, attention's own products are left out)."""
+    from .quant import QTensor
+
+    return round(sum(np.prod(t.shape) * share for part, t, share in _weights(model)
+                     if part in ("dense", "experts") and isinstance(t, QTensor) and len(t.shape) >= 2 and t.shape[-1] > 4))
+
+
+def _compute(threads: int, fmt: str, seconds: float) -> float:
+    """GMAC/s of `threads` kernel threads running the prefill kernels on a `fmt` matrix that stays in
+    cache (2048 columns, 256 rows per thread) against 64 tokens, repeated for `seconds`."""
+    from . import ops
+    from .quant import QTensor
+
+    ops.set_threads(threads)
+    rng = np.random.default_rng(0)
+    n, k = 256 * threads, 2048
+    w = QTensor.from_float(rng.standard_normal((n, k), np.float32) / np.sqrt(k), fmt)
+    x = rng.standard_normal((64, k), np.float32)
+    ops.linear(x, w)
+    reps, t0 = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - t0) < seconds:
+        ops.linear(x, w)
+        reps += 1
+    return n * k * x.shape[0] * reps / elapsed / 1e9
+
+
+def measure_compute(threads: int, fmt: str, seconds: float = 0.25) -> float:
+    """_compute in a child process (its buffers never count in this process's RSS): the yardstick
+    of prefill, as the read bandwidth is of decode."""
+    code = f"from cactus.bench import _compute; print(_compute({threads}, {fmt!r}, {seconds}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def warm_page_cache(model) -> float:
@@ -144,8 +190,9 @@ def run(model_dir: Path, prompt: int, gen: int, runs: int, threads: int | None, 
         res["page_cache_warm_s"] = warm_page_cache(model)
         ids = np.random.default_rng(seed).integers(0, model.config.vocab_size, prompt)
         logits = model.forward(ids[:8], last_only=True)  # warm-up: threads, first-touch of scratch
-        prefill, ttft, decode, overhead, team, bw = [], [], [], [], [], []
+        prefill, ttft, decode, overhead, team, bw, compute = [], [], [], [], [], [], []
         for _ in range(runs):
+            compute.append(measure_compute(nthreads, model.quant))
             model.reset()
             t0 = time.perf_counter()
             logits = model.forward(ids, last_only=True)
@@ -167,11 +214,15 @@ def run(model_dir: Path, prompt: int, gen: int, runs: int, threads: int | None, 
             decode.append(gen / wall)
             overhead.append(max(0.0, 1.0 - kernel_ns / 1e9 / wall))
     wb = weight_bytes_per_token(model)
+    macs = weight_macs_per_prompt_token(model)
     med = statistics.median
     pct = [100 * wb["total"] * d / 1e9 / ((b0 + b1) / 2) for d, (b0, b1) in zip(decode, bw, strict=True)]
+    cpct = [100 * macs * p / 1e9 / c for p, c in zip(prefill, compute, strict=True)]
     res.update({
         "prefill_tps": med(prefill), "decode_tps": med(decode), "ttft_ms": med(ttft) * 1e3,
         "prefill_tps_all": prefill, "decode_tps_all": decode,
+        "weight_macs_per_prompt_token": macs, "prefill_gmacs": macs * med(prefill) / 1e9,
+        "compute_gmacs_all": compute, "prefill_pct_of_compute_all": cpct, "prefill_pct_of_compute": med(cpct),
         "python_overhead_pct": med(overhead) * 100,
         "decode_jobs_on_all_threads_pct": med(team) * 100,
         "weight_bytes_per_token": wb["total"], "weight_bytes_detail": wb,
@@ -191,6 +242,9 @@ def format_result(r: dict) -> str:
         f"model          {r['model']}  ({r['quant']}, {r['isa']}, {r['threads']} threads)",
         f"prefill        {r['prefill_tps']:.1f} tok/s   ({r['prompt']} tokens; runs: "
         + ", ".join(f"{x:.1f}" for x in r["prefill_tps_all"]) + ")",
+        f"prefill work   {r['prefill_gmacs']:.1f} GMAC/s of weight products; median {r['prefill_pct_of_compute']:.0f}% of "
+        f"the kernels' in-cache rate measured before each run ("
+        + ", ".join(f"{c:.0f}" for c in r["compute_gmacs_all"]) + " GMAC/s)",
         f"time to first  {r['ttft_ms']:.0f} ms",
         f"decode         {r['decode_tps']:.2f} tok/s   ({r['gen']} tokens)",
         f"weights/token  {r['weight_bytes_per_token'] / 1e6:.1f} MB",
