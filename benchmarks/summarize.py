@@ -30,7 +30,7 @@ def percent(r: dict) -> str:
 
 
 def compute(r: dict) -> str:
-    """Prefill work against the kernels' in-cache rate measured before each run (newer files only)."""
+    """Prefill work against the kernels' in-cache rate measured around each run (newer files only)."""
     return ", ".join(f"{p:.0f}" for p in r.get("prefill_pct_of_compute_all", [])) or "–"
 
 

@@ -11,9 +11,9 @@ effective bandwidth is read against the mean of the two: machines like this one 
 bandwidth levels within seconds, so only neighbouring measurements compare. Peak anonymous RSS is sampled from
 /proc/self/status (RssAnon; mmap'ed weights count as RssFile, not anonymous); peak RSS is VmHWM.
 Python overhead = decode wall time minus time inside kernels (counted by the binding).
-Prefill is bound by compute, so its yardstick is the kernels' own rate on a matrix in cache (int4
-or the model's format, 64 tokens, all threads), measured in a child process just before every
-prefill run: prefill work = multiply-adds of a prompt token against the weights (dense, and the
+Prefill is bound by compute, so its yardstick is the kernels' own rate on a matrix in cache (the
+model's format, 64 tokens, all threads), measured in a child process just before and just after
+every prefill run (the mean of the two): prefill work = multiply-adds of a prompt token against the weights (dense, and the
 active share of the experts) x prefill tok/s, read against it.
 """
 
@@ -192,7 +192,7 @@ def run(model_dir: Path, prompt: int, gen: int, runs: int, threads: int | None, 
         logits = model.forward(ids[:8], last_only=True)  # warm-up: threads, first-touch of scratch
         prefill, ttft, decode, overhead, team, bw, compute = [], [], [], [], [], [], []
         for _ in range(runs):
-            compute.append(measure_compute(nthreads, model.quant))
+            c0 = measure_compute(nthreads, model.quant)
             model.reset()
             t0 = time.perf_counter()
             logits = model.forward(ids, last_only=True)
@@ -200,6 +200,7 @@ def run(model_dir: Path, prompt: int, gen: int, runs: int, threads: int | None, 
             t1 = time.perf_counter()
             prefill.append(prompt / (t1 - t0))
             ttft.append(t1 - t0)
+            compute.append((c0 + measure_compute(nthreads, model.quant)) / 2)
             before = measure_bandwidth(nthreads)
             ops.profile(True)
             jobs0 = ops.pool_stats()
@@ -243,7 +244,7 @@ def format_result(r: dict) -> str:
         f"prefill        {r['prefill_tps']:.1f} tok/s   ({r['prompt']} tokens; runs: "
         + ", ".join(f"{x:.1f}" for x in r["prefill_tps_all"]) + ")",
         f"prefill work   {r['prefill_gmacs']:.1f} GMAC/s of weight products; median {r['prefill_pct_of_compute']:.0f}% of "
-        f"the kernels' in-cache rate measured before each run ("
+        f"the kernels' in-cache rate measured around each run ("
         + ", ".join(f"{c:.0f}" for c in r["compute_gmacs_all"]) + " GMAC/s)",
         f"time to first  {r['ttft_ms']:.0f} ms",
         f"decode         {r['decode_tps']:.2f} tok/s   ({r['gen']} tokens)",
