@@ -13,8 +13,8 @@ bandwidth levels within seconds, so only neighbouring measurements compare. Peak
 Python overhead = decode wall time minus time inside kernels (counted by the binding).
 Prefill is bound by compute, so its yardstick is the kernels' own rate on a matrix in cache (the
 model's format, 64 tokens, all threads), measured in a child process just before and just after
-every prefill run (the mean of the two): prefill work = multiply-adds of a prompt token against the weights (dense, and the
-active share of the experts) x prefill tok/s, read against it.
+every prefill run (the mean of the two): prefill work = multiply-adds of a prompt token against
+the weight matrices (dense, and the active share of the experts) x prefill tok/s, read against it.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def weight_macs_per_prompt_token(model) -> int:
     from .quant import QTensor
 
     return round(sum(np.prod(t.shape) * share for part, t, share in _weights(model)
-                     if part in ("dense", "experts") and isinstance(t, QTensor) and len(t.shape) >= 2 and t.shape[-1] > 4))
+                     if part in ("dense", "experts") and isinstance(t, QTensor)))  # norms and conv: arrays
 
 
 def _compute(threads: int, fmt: str, seconds: float) -> float:
@@ -243,8 +243,8 @@ def format_result(r: dict) -> str:
         f"model          {r['model']}  ({r['quant']}, {r['isa']}, {r['threads']} threads)",
         f"prefill        {r['prefill_tps']:.1f} tok/s   ({r['prompt']} tokens; runs: "
         + ", ".join(f"{x:.1f}" for x in r["prefill_tps_all"]) + ")",
-        f"prefill work   {r['prefill_gmacs']:.1f} GMAC/s of weight products; median {r['prefill_pct_of_compute']:.0f}% of "
-        f"the kernels' in-cache rate measured around each run ("
+        f"prefill work   {r['prefill_gmacs']:.1f} GMAC/s of weight products; median "
+        f"{r['prefill_pct_of_compute']:.0f}% of the kernels' in-cache rate measured around each run ("
         + ", ".join(f"{c:.0f}" for c in r["compute_gmacs_all"]) + " GMAC/s)",
         f"time to first  {r['ttft_ms']:.0f} ms",
         f"decode         {r['decode_tps']:.2f} tok/s   ({r['gen']} tokens)",

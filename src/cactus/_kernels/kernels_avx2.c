@@ -49,14 +49,15 @@ static void extras_avx2(const ActLayout *L, uint8_t *act, int64_t g0, int64_t g1
     const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
     int64_t g = g0;
     if (L->fmt == FMT_INT4) {
-        const __m256i first = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), second = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
+        const __m256i first = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+        const __m256i second = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
         for (; g + 4 <= g1; g += 4) {
             /* groups g..g+3: the first 16 x's of each meet the low nibbles, the last 16 the high */
             const int64_t b = g / 4;  /* block: 16 lanes of corr and sl */
-            const __m256i z0 = _mm256_loadu_si256((const __m256i *)(q + 32 * g)), z1 = _mm256_loadu_si256((const __m256i *)(q + 32 * g + 32));
-            const __m256i z2 = _mm256_loadu_si256((const __m256i *)(q + 32 * g + 64)), z3 = _mm256_loadu_si256((const __m256i *)(q + 32 * g + 96));
-            const __m256i lo[2] = {_mm256_permute2x128_si256(z0, z1, 0x20), _mm256_permute2x128_si256(z2, z3, 0x20)};
-            const __m256i hi[2] = {_mm256_permute2x128_si256(z0, z1, 0x31), _mm256_permute2x128_si256(z2, z3, 0x31)};
+            __m256i z[4];
+            for (int i = 0; i < 4; i++) z[i] = _mm256_loadu_si256((const __m256i *)(q + 32 * (g + i)));
+            const __m256i lo[2] = {_mm256_permute2x128_si256(z[0], z[1], 0x20), _mm256_permute2x128_si256(z[2], z[3], 0x20)};
+            const __m256i hi[2] = {_mm256_permute2x128_si256(z[0], z[1], 0x31), _mm256_permute2x128_si256(z[2], z[3], 0x31)};
             int8_t *qn = (int8_t *)(act + L->off_qn) + 128 * b;
             const __m256 sg = _mm256_castps128_ps256(_mm_loadu_ps(s + g));
             for (int h = 0; h < 2; h++) {
@@ -64,7 +65,8 @@ static void extras_avx2(const ActLayout *L, uint8_t *act, int64_t g0, int64_t g1
                 _mm256_storeu_si256((__m256i *)(qn + 64 + 32 * h), hi[h]);
                 const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(ones8, lo[h]), _mm256_maddubs_epi16(ones8, hi[h]));
                 const __m256i sums = _mm256_madd_epi16(pairs, ones16);  /* lane: 4 low-nibble x's + 4 high */
-                _mm256_storeu_si256((__m256i *)(corr + 16 * b + 8 * h), _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(sums, 3)));
+                const __m256i c = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(sums, 3));  /* -8 sum */
+                _mm256_storeu_si256((__m256i *)(corr + 16 * b + 8 * h), c);
                 _mm256_storeu_ps(sl + 16 * b + 8 * h, _mm256_permutevar8x32_ps(sg, h ? second : first));
             }
         }
@@ -72,7 +74,8 @@ static void extras_avx2(const ActLayout *L, uint8_t *act, int64_t g0, int64_t g1
         for (; g < g1; g++) {  /* 8 lanes of 4 x's per group */
             const __m256i z = _mm256_loadu_si256((const __m256i *)(q + 32 * g));
             const __m256i sums = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, z), ones16);
-            _mm256_storeu_si256((__m256i *)(corr + 8 * g), _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(sums, 7)));
+            const __m256i c = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(sums, 7));  /* -128 sum */
+            _mm256_storeu_si256((__m256i *)(corr + 8 * g), c);
             _mm256_storeu_ps(sl + 8 * g, _mm256_set1_ps(s[g]));
         }
     }
