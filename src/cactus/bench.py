@@ -139,13 +139,14 @@ def weight_macs_per_prompt_token(model) -> int:
 
 def _compute(threads: int, fmt: str, seconds: float) -> float:
     """GMAC/s of `threads` kernel threads running the prefill kernels on a `fmt` matrix that stays in
-    cache (2048 columns, 256 rows per thread) against 64 tokens, repeated for `seconds`."""
+    cache (2048 columns, 1024 rows per thread: an 8B-A1B expert's shape and token count in a
+    512-token prefill; with 256 rows, per-call costs took ~10 %) against 64 tokens, for `seconds`."""
     from . import ops
     from .quant import QTensor
 
     ops.set_threads(threads)
     rng = np.random.default_rng(0)
-    n, k = 256 * threads, 2048
+    n, k = 1024 * threads, 2048
     w = QTensor.from_float(rng.standard_normal((n, k), np.float32) / np.sqrt(k), fmt)
     x = rng.standard_normal((64, k), np.float32)
     ops.linear(x, w)
@@ -156,7 +157,7 @@ def _compute(threads: int, fmt: str, seconds: float) -> float:
     return n * k * x.shape[0] * reps / elapsed / 1e9
 
 
-def measure_compute(threads: int, fmt: str, seconds: float = 0.25) -> float:
+def measure_compute(threads: int, fmt: str, seconds: float = 0.5) -> float:
     """_compute in a child process (its buffers never count in this process's RSS): the yardstick
     of prefill, as the read bandwidth is of decode."""
     code = f"from cactus.bench import _compute; print(_compute({threads}, {fmt!r}, {seconds}))"
