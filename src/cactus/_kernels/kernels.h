@@ -134,6 +134,14 @@ float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);
 void quantize_scalar(const ActLayout *L, uint8_t *act, const float *x, int64_t g0, int64_t g1);
 void act_extras(const ActLayout *L, uint8_t *act, int64_t g0, int64_t g1);
+/* The opening of a SIMD act_extras (G = 32, int4 or int8, blocks of `per` groups from g0): 1 when
+ * there is nothing for it to do, because the layout has no extras or act_extras ran instead. */
+static inline int extras_not_simd(const ActLayout *L, uint8_t *act, int64_t g0, int64_t g1, int per) {
+    if (!L->extras) return 1;
+    if (L->group == 32 && (L->fmt == FMT_INT4 || L->fmt == FMT_INT8) && g0 % per == 0) return 0;
+    act_extras(L, act, g0, g1);
+    return 1;
+}
 static inline float bf16_to_f32(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
     float f;

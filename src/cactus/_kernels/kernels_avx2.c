@@ -37,11 +37,7 @@ static inline __m256 load_upto8(const float *x, int64_t n) {
  * int4 a block of 4 groups (64 packed weight bytes), int8 one group at a time; other groups and group
  * sizes go to the scalar loop. */
 static void extras_avx2(const ActLayout *L, uint8_t *act, int64_t g0, int64_t g1) {
-    if (!L->extras) return;
-    if (L->group != 32 || (L->fmt != FMT_INT4 && L->fmt != FMT_INT8) || (L->fmt == FMT_INT4 && g0 % 4)) {
-        act_extras(L, act, g0, g1);
-        return;
-    }
+    if (extras_not_simd(L, act, g0, g1, L->fmt == FMT_INT4 ? 4 : 1)) return;
     const int8_t *q = (const int8_t *)(act + L->off_q);
     const float *s = (const float *)(act + L->off_s);
     int32_t *corr = (int32_t *)(act + L->off_corr);
@@ -256,12 +252,10 @@ static float dot_int8(const uint8_t *row, const uint16_t *sw, int64_t ng, const 
  * weights of one row (int4 unpacked to u = q + 8, one byte each; int8 as stored), group-major: vector c of group g holds
  * elements 4c..4c+3 of the group for rows 0..7. Two such panels (16 rows) run against 4 tokens
  * (int4; int8, and int4's last 1-3 tokens, 2) at a time: vpmaddubsw of each panel's vector with a
- * broadcast of the token's 4 activation bytes, so each broadcast serves two vpmaddubsw. int4 sums a group's 8 products in int16 (|sum| <= 8 * 2 *
- * 15 * 127 = 30480, no saturation), widens once by vpmaddwd, takes -8 * sum(x) back, and scales
- * once per (8 rows, token, group); int8 uses the sign trick of dot_int8 and widens every vector.
- * One lane per row: no horizontal sums. */
-typedef int32_t __attribute__((may_alias, aligned(1))) i32u;
-
+ * broadcast of the token's 4 activation bytes, so each broadcast serves two vpmaddubsw. int4 sums
+ * a group's 8 products in int16 (|sum| <= 8 * 2 * 15 * 127 = 30480, no saturation), widens once
+ * by vpmaddwd, takes -8 * sum(x) back, and scales once per (8 rows, token, group); int8 uses the
+ * sign trick of dot_int8 and widens every vector. One lane per row: no horizontal sums. */
 /* v[i] = 8 dwords of row i -> v[c] = dword c of rows 0..7 (unpacks within 128-bit lanes, then
  * the lanes swapped across). */
 static inline void transpose8_epi32(__m256i v[8]) {

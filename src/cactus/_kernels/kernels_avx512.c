@@ -31,11 +31,7 @@ static inline int32_t ld32(const int8_t *p) { int32_t v; memcpy(&v, p, 4); retur
  * per 8B-A1B token on the calling thread while the others wait, where the scalar loop cost ~2 us each. */
 static void extras_avx512(const ActLayout *L, uint8_t *act, int64_t g0, int64_t g1) {
     const int per = L->fmt == FMT_INT4 ? 4 : 2;  /* groups per block */
-    if (!L->extras) return;
-    if (L->group != 32 || (L->fmt != FMT_INT4 && L->fmt != FMT_INT8) || g0 % per) {
-        act_extras(L, act, g0, g1);
-        return;
-    }
+    if (extras_not_simd(L, act, g0, g1, per)) return;
     const int8_t *q = (const int8_t *)(act + L->off_q);
     const float *s = (const float *)(act + L->off_s);
     int32_t *corr = (int32_t *)(act + L->off_corr);
