@@ -30,7 +30,9 @@ typedef struct {
  *   q    (kpa)      int8, natural order, zero past kp
  *   s    (nga)      f32 per-group scale, zero past ng
  *   sum  (nga)      int32 sum of q per group
- *   int4 weights also get, per 64 packed weight bytes (128 elements) = 16 lanes of 4 bytes:
+ *   int4 weights also get qu (kpa) uint8: q + 128 (= q ^ 0x80), the unsigned operand of the AVX2
+ *   prefill tiles (whose panels hold the weights signed), and, per 64 packed weight bytes
+ *   (128 elements) = 16 lanes of 4 bytes:
  *   qn   (kpa)      int8: the 64 x's met by the low nibbles, then the 64 met by the high nibbles
  *   corr (kpa/8)    int32 per lane: -8 * (sum of the lane's 8 x's)   (u = q + 8 offset)
  *   sl   (kpa/8)    f32 per lane: s of the lane's group
@@ -43,7 +45,7 @@ typedef struct {
     int32_t group, fmt;
     int32_t extras;  /* 1 (act_layout's default): quantize fills qn/corr/sl. Only the decode kernels
                       * read them (qgemm with nt < PANEL_MIN_T); ops that never make such a call clear it */
-    int64_t off_q, off_s, off_sum, off_qn, off_corr, off_sl, stride; /* bytes; stride = one token */
+    int64_t off_q, off_s, off_sum, off_qu, off_qn, off_corr, off_sl, stride; /* bytes; stride = one token */
 } ActLayout;
 
 typedef struct Kernels {
@@ -134,6 +136,14 @@ float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);
 void quantize_scalar(const ActLayout *L, uint8_t *act, const float *x, int64_t g0, int64_t g1);
 void act_extras(const ActLayout *L, uint8_t *act, int64_t g0, int64_t g1);
+/* qu of groups [g0, g1) from q (int4 layouts; quantize's last step in every ISA file, which each
+ * compiler vectorizes with its own flags) */
+static inline void act_unsigned(const ActLayout *L, uint8_t *act, int64_t g0, int64_t g1) {
+    if (L->fmt != FMT_INT4) return;
+    const uint8_t *q = act + L->off_q + g0 * L->group;
+    uint8_t *qu = act + L->off_qu + g0 * L->group;
+    for (int64_t i = 0, n = (g1 - g0) * L->group; i < n; i++) qu[i] = q[i] ^ 0x80;
+}
 /* The opening of a SIMD act_extras (G = 32, int4 or int8, blocks of `per` groups from g0): 1 when
  * there is nothing for it to do, because the layout has no extras or act_extras ran instead. */
 static inline int extras_not_simd(const ActLayout *L, uint8_t *act, int64_t g0, int64_t g1, int per) {

@@ -1,5 +1,6 @@
 /* AVX2 kernels (compiled with -mavx2 -mfma -mf16c). Integer dots use vpmaddubsw + vpmaddwd:
- * int4 multiplies the nibble u (0..15, unsigned) by x and takes 8 * sum(x) back per lane; int8
+ * int4 decode multiplies the nibble u (0..15, unsigned) by x and takes 8 * sum(x) back per lane,
+ * int4 prefill multiplies q = u - 8 by x + 128 (unsigned) and takes 128 * sum(q) back; int8
  * uses the sign trick (|x| times w with x's sign) so the int16 pair sums cannot saturate.
  * Group size 32 runs here; other group sizes use the scalar file. Tokens reuse a row from L1.
  */
@@ -127,6 +128,7 @@ static void quantize_avx2(const ActLayout *L, uint8_t *act, const float *x, int6
         s[g] = d;
         sum[g] = acc;
     }
+    act_unsigned(L, act, g0, g1 < groups_q ? g1 : groups_q);
     extras_avx2(L, act, g0, g1 < groups_q ? g1 : groups_q);
 }
 
@@ -249,13 +251,15 @@ static float dot_int8(const uint8_t *row, const uint16_t *sw, int64_t ng, const 
 /* ------------------------------------------------------------------ prefill: packed panels */
 
 /* Prefill (nt >= PANEL_MIN_T tokens, G = 32): 8 rows are packed into a panel where each 32-bit lane holds 4
- * weights of one row (int4 unpacked to u = q + 8, one byte each; int8 as stored), group-major: vector c of group g holds
- * elements 4c..4c+3 of the group for rows 0..7. Two such panels (16 rows) run against 4 tokens
+ * weights of one row (int4 unpacked to the signed q = u - 8, one byte each; int8 as stored), group-major: vector c of
+ * group g holds elements 4c..4c+3 of the group for rows 0..7. Two such panels (16 rows) run against 4 tokens
  * (int4; int8, and int4's last 1-3 tokens, 2) at a time: vpmaddubsw of each panel's vector with a
- * broadcast of the token's 4 activation bytes, so each broadcast serves two vpmaddubsw. int4 sums
- * a group's 8 products in int16 (|sum| <= 8 * 2 * 15 * 127 = 30480, no saturation), widens once
- * by vpmaddwd, takes -8 * sum(x) back, and scales once per (8 rows, token, group); int8 uses the
- * sign trick of dot_int8 and widens every vector. One lane per row: no horizontal sums. */
+ * broadcast of the token's 4 activation bytes, so each broadcast serves two vpmaddubsw. int4 takes
+ * the activations unsigned (qu = q + 128), sums a group's 8 products in int16 (|sum| <= 8 * 2 *
+ * 255 * 8 = 32640, no saturation), widens once by vpmaddwd, and takes back 128 * sum(q) times the
+ * weight scale (PD: per row and group, from the pack, not per token) in the same vfmsub that
+ * scales; int8 uses the sign trick of dot_int8 and widens every vector. One lane per row: no
+ * horizontal sums. */
 /* v[i] = 8 dwords of row i -> v[c] = dword c of rows 0..7 (unpacks within 128-bit lanes, then
  * the lanes swapped across). */
 static inline void transpose8_epi32(__m256i v[8]) {
@@ -275,7 +279,7 @@ static inline void transpose8_epi32(__m256i v[8]) {
     }
 }
 
-static void pack_panel8(uint8_t *P, float *PS, const QMat *w, int64_t r0, int64_t r1) {
+static void pack_panel8(uint8_t *P, float *PS, float *PD, const QMat *w, int64_t r0, int64_t r1) {
     const int64_t ng = w->ng;
     const uint8_t *rows[8];
     const uint16_t *sc[8];
@@ -289,9 +293,9 @@ static void pack_panel8(uint8_t *P, float *PS, const QMat *w, int64_t r0, int64_
          * (high nibbles): vectors d and d + 4 of the panel. So the packed dwords are transposed
          * (rows i and i + 4 share a register, one 4 x 4 transpose per 128-bit half puts row i in
          * lane i), then split into nibbles: half the shuffles of unpacking first. */
-        const __m256i m0f = _mm256_set1_epi8(0x0F);
+        const __m256i m0f = _mm256_set1_epi8(0x0F), eight = _mm256_set1_epi8(8);
         for (int64_t g = 0; g < ng; g++) {
-            __m256i v[4];
+            __m256i v[4], qs = _mm256_setzero_si256();  /* qs: the group's 8 vectors summed, |byte| <= 64 */
             for (int i = 0; i < 4; i++)
                 v[i] = _mm256_loadu2_m128i((const __m128i *)(rows[i + 4] + 16 * g), (const __m128i *)(rows[i] + 16 * g));
             const __m256i t0 = _mm256_unpacklo_epi32(v[0], v[1]), t1 = _mm256_unpackhi_epi32(v[0], v[1]);
@@ -299,9 +303,15 @@ static void pack_panel8(uint8_t *P, float *PS, const QMat *w, int64_t r0, int64_
             const __m256i u[4] = {_mm256_unpacklo_epi64(t0, t2), _mm256_unpackhi_epi64(t0, t2),
                                   _mm256_unpacklo_epi64(t1, t3), _mm256_unpackhi_epi64(t1, t3)};
             for (int d = 0; d < 4; d++) {
-                _mm256_storeu_si256((__m256i *)(P + (g * 8 + d) * 32), _mm256_and_si256(u[d], m0f));
-                _mm256_storeu_si256((__m256i *)(P + (g * 8 + d + 4) * 32), _mm256_and_si256(_mm256_srli_epi16(u[d], 4), m0f));
+                const __m256i lo = _mm256_sub_epi8(_mm256_and_si256(u[d], m0f), eight);
+                const __m256i hi = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(u[d], 4), m0f), eight);
+                _mm256_storeu_si256((__m256i *)(P + (g * 8 + d) * 32), lo);
+                _mm256_storeu_si256((__m256i *)(P + (g * 8 + d + 4) * 32), hi);
+                qs = _mm256_add_epi8(qs, _mm256_add_epi8(lo, hi));
             }
+            /* lane i: 128 * (sum of row i's q in group g); times the scale below */
+            const __m256i sq = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), qs), _mm256_set1_epi16(1));
+            _mm256_storeu_ps(PD + 8 * g, _mm256_cvtepi32_ps(_mm256_slli_epi32(sq, 7)));
         }
     } else {
         for (int64_t g = 0; g < ng; g++) {
@@ -321,6 +331,8 @@ static void pack_panel8(uint8_t *P, float *PS, const QMat *w, int64_t r0, int64_
     }
     for (; g < ng; g++)
         for (int i = 0; i < 8; i++) PS[g * 8 + i] = _cvtsh_ss(sc[i][g]);
+    if (w->fmt == FMT_INT4)  /* exact: an f16 scale (11 bits) times at most 2^15 in 9 bits */
+        for (g = 0; g < ng; g++) _mm256_storeu_ps(PD + 8 * g, _mm256_mul_ps(_mm256_loadu_ps(PD + 8 * g), _mm256_loadu_ps(PS + 8 * g)));
 }
 
 /* y[0..rows) = the first rows lanes of v (rows <= 8) */
@@ -367,34 +379,35 @@ static inline void ahead_step(Ahead *a) {
 }
 
 /* One step of a group in panel16_int4: vector c of both panels (a, b) and the 4 activation bytes
- * of both tokens (u, v), 32 bytes and 4 bytes further each step; weights unsigned, activations
- * signed (vpmaddubsw's operand order, AT&T: signed, unsigned, destination). */
+ * of both tokens (u, v), 32 bytes and 4 bytes further each step; the activations are the unsigned
+ * operand (qu = q + 128), the weights the signed one (vpmaddubsw, AT&T: signed, unsigned, dest). */
 #define P16_LOAD(wo, xo) "vmovdqa " #wo "(%[w0]), %[a]\n\t" "vmovdqa " #wo "(%[w1]), %[b]\n\t" \
     "vpbroadcastd " #xo "(%[x0]), %[u]\n\t" "vpbroadcastd " #xo "(%[x1]), %[v]\n\t"
-#define P16_FIRST "vpmaddubsw %[u], %[a], %[h00]\n\t" "vpmaddubsw %[u], %[b], %[h01]\n\t" \
-    "vpmaddubsw %[v], %[a], %[h10]\n\t" "vpmaddubsw %[v], %[b], %[h11]\n\t"
-#define P16_ACC(x, w, h) "vpmaddubsw %[" #x "], %[" #w "], %[t]\n\t" "vpaddw %[t], %[" #h "], %[" #h "]\n\t"
+#define P16_FIRST "vpmaddubsw %[a], %[u], %[h00]\n\t" "vpmaddubsw %[b], %[u], %[h01]\n\t" \
+    "vpmaddubsw %[a], %[v], %[h10]\n\t" "vpmaddubsw %[b], %[v], %[h11]\n\t"
+#define P16_ACC(x, w, h) "vpmaddubsw %[" #w "], %[" #x "], %[t]\n\t" "vpaddw %[t], %[" #h "], %[" #h "]\n\t"
 #define P16_STEP(wo, xo) P16_LOAD(wo, xo) P16_ACC(u, a, h00) P16_ACC(u, b, h01) P16_ACC(v, a, h10) P16_ACC(v, b, h11)
 
-/* f + (the int4 group sums h, widened, less 8 * sum(x) in c) * the scale s (weight times activation) */
-static inline __m256 fold_int4(__m256 f, __m256i h, __m256i c, __m256 s) {
-    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_madd_epi16(h, _mm256_set1_epi16(1)), c)), s, f);
+/* f + (the int4 group sums h, widened: sum q (x + 128)) * sw - d, times the activation's scale xs.
+ * d = 128 sw sum(q) (the pack's PD, exact) takes the offset back inside one rounding: the result
+ * is the spec's sw * sum(q x) rounded once, then scaled by xs. */
+static inline __m256 fold_int4(__m256 f, __m256i h, __m256 sw, __m256 d, __m256 xs) {
+    const __m256 v = _mm256_cvtepi32_ps(_mm256_madd_epi16(h, _mm256_set1_epi16(1)));
+    return _mm256_fmadd_ps(_mm256_fmsub_ps(v, sw, d), xs, f);
 }
 
 /* int4 on 16 rows (two 8-row panels, P and P + 8 * 32 * ng) by 1-2 tokens: the 1-3 tokens left
  * after panel16x4_int4 (below). A group's 8 steps are written in asm: from intrinsics, gcc hoisted
  * the loads, ran out of registers and loaded each weight vector twice (and an earlier intrinsics
  * version had its adds reassociated into a tree and spilled, a third of the speed). */
-static void panel16_int4(float *y, int64_t ldy, const uint8_t *P, const float *PS, int64_t ng,
+static void panel16_int4(float *y, int64_t ldy, const uint8_t *P, const float *PS, const float *PD, int64_t ng,
                          const ActLayout *L, const uint8_t *act, int64_t nt, int64_t rows, Ahead *ah) {
     const uint8_t *p1 = P + 8 * 32 * ng;
-    const float *ps1 = PS + 8 * ng;
     for (int64_t t0 = 0; t0 < nt; t0 += 2) {
         const int tb = nt - t0 < 2 ? 1 : 2;
         const uint8_t *a0 = act + t0 * L->stride, *a1 = act + (t0 + tb - 1) * L->stride;
-        const int8_t *q0 = (const int8_t *)(a0 + L->off_q), *q1 = (const int8_t *)(a1 + L->off_q);
+        const uint8_t *q0 = a0 + L->off_qu, *q1 = a1 + L->off_qu;
         const float *s0 = (const float *)(a0 + L->off_s), *s1 = (const float *)(a1 + L->off_s);
-        const int32_t *m0 = (const int32_t *)(a0 + L->off_sum), *m1 = (const int32_t *)(a1 + L->off_sum);
         __m256 f00 = _mm256_setzero_ps(), f01 = f00, f10 = f00, f11 = f00;  /* f<token><half> */
         for (int64_t g = 0; g < ng; g++) {
             ahead_step(ah);
@@ -405,13 +418,13 @@ static void panel16_int4(float *y, int64_t ldy, const uint8_t *P, const float *P
                   [a] "=&x"(a), [b] "=&x"(b), [u] "=&x"(u), [v] "=&x"(v), [t] "=&x"(t)
                 : [w0] "r"(P + 256 * g), [w1] "r"(p1 + 256 * g), [x0] "r"(q0 + 32 * g), [x1] "r"(q1 + 32 * g)
                 : "memory");
-            const __m256 sw0 = _mm256_loadu_ps(PS + 8 * g), sw1 = _mm256_loadu_ps(ps1 + 8 * g);
+            const __m256 sw0 = _mm256_loadu_ps(PS + 8 * g), sw1 = _mm256_loadu_ps(PS + 8 * (ng + g));
+            const __m256 d0 = _mm256_loadu_ps(PD + 8 * g), d1 = _mm256_loadu_ps(PD + 8 * (ng + g));
             const __m256 x0s = _mm256_set1_ps(s0[g]), x1s = _mm256_set1_ps(s1[g]);
-            const __m256i c0 = _mm256_slli_epi32(_mm256_set1_epi32(m0[g]), 3), c1 = _mm256_slli_epi32(_mm256_set1_epi32(m1[g]), 3);
-            f00 = fold_int4(f00, h00, c0, _mm256_mul_ps(sw0, x0s));
-            f01 = fold_int4(f01, h01, c0, _mm256_mul_ps(sw1, x0s));
-            f10 = fold_int4(f10, h10, c1, _mm256_mul_ps(sw0, x1s));
-            f11 = fold_int4(f11, h11, c1, _mm256_mul_ps(sw1, x1s));
+            f00 = fold_int4(f00, h00, sw0, d0, x0s);
+            f01 = fold_int4(f01, h01, sw1, d1, x0s);
+            f10 = fold_int4(f10, h10, sw0, d0, x1s);
+            f11 = fold_int4(f11, h11, sw1, d1, x1s);
         }
         store16x2(y + t0 * ldy, ldy, rows, tb, f00, f01, f10, f11);
     }
@@ -421,7 +434,7 @@ static void panel16_int4(float *y, int64_t ldy, const uint8_t *P, const float *P
  * tokens its 4 activation bytes broadcast (u) and multiplied with both. */
 #define Q16_TOK(xo, x, h0, h1) "vpbroadcastd " #xo "(%[" #x "]), %[u]\n\t" P16_ACC(u, a, h0) P16_ACC(u, b, h1)
 #define Q16_FTOK(x, h0, h1) "vpbroadcastd (%[" #x "]), %[u]\n\t" \
-    "vpmaddubsw %[u], %[a], %[" #h0 "]\n\t" "vpmaddubsw %[u], %[b], %[" #h1 "]\n\t"
+    "vpmaddubsw %[a], %[u], %[" #h0 "]\n\t" "vpmaddubsw %[b], %[u], %[" #h1 "]\n\t"
 #define Q16_FIRST "vmovdqa (%[w0]), %[a]\n\t" "vmovdqa (%[w1]), %[b]\n\t" \
     Q16_FTOK(x0, h00, h01) Q16_FTOK(x1, h10, h11) Q16_FTOK(x2, h20, h21) Q16_FTOK(x3, h30, h31)
 #define Q16_STEP(wo, xo) "vmovdqa " #wo "(%[w0]), %[a]\n\t" "vmovdqa " #wo "(%[w1]), %[b]\n\t" \
@@ -431,16 +444,15 @@ static void panel16_int4(float *y, int64_t ldy, const uint8_t *P, const float *P
  * broadcast 2 rows' vectors, 0.75 loads per vpmaddubsw against 1 for 16 x 2. The 8 float
  * accumulators do not fit beside the asm's 12 registers, so most live in memory (f): a load and a
  * store each per group, against 16 loads saved. */
-static void panel16x4_int4(float *y, int64_t ldy, const uint8_t *P, const float *PS, int64_t ng,
+static void panel16x4_int4(float *y, int64_t ldy, const uint8_t *P, const float *PS, const float *PD, int64_t ng,
                            const ActLayout *L, const uint8_t *act, int64_t nt, int64_t rows, Ahead *ah) {
     const uint8_t *p1 = P + 8 * 32 * ng;
-    const float *ps1 = PS + 8 * ng;
     for (int64_t t0 = 0; t0 + 4 <= nt; t0 += 4) {
-        const uint8_t *a[4];
-        const int8_t *q[4];
+        const uint8_t *q[4];
+        const float *s[4];
         for (int k = 0; k < 4; k++) {
-            a[k] = act + (t0 + k) * L->stride;
-            q[k] = (const int8_t *)(a[k] + L->off_q);
+            q[k] = act + (t0 + k) * L->stride + L->off_qu;
+            s[k] = (const float *)(act + (t0 + k) * L->stride + L->off_s);
         }
         __m256 f[4][2];
         for (int k = 0; k < 4; k++) f[k][0] = f[k][1] = _mm256_setzero_ps();
@@ -455,12 +467,12 @@ static void panel16x4_int4(float *y, int64_t ldy, const uint8_t *P, const float 
                 : [w0] "r"(P + 256 * g), [w1] "r"(p1 + 256 * g), [x0] "r"(q[0] + 32 * g), [x1] "r"(q[1] + 32 * g),
                   [x2] "r"(q[2] + 32 * g), [x3] "r"(q[3] + 32 * g)
                 : "memory");
-            const __m256 sw0 = _mm256_loadu_ps(PS + 8 * g), sw1 = _mm256_loadu_ps(ps1 + 8 * g);
+            const __m256 sw0 = _mm256_loadu_ps(PS + 8 * g), sw1 = _mm256_loadu_ps(PS + 8 * (ng + g));
+            const __m256 d0 = _mm256_loadu_ps(PD + 8 * g), d1 = _mm256_loadu_ps(PD + 8 * (ng + g));
             for (int k = 0; k < 4; k++) {
-                const __m256 xs = _mm256_set1_ps(((const float *)(a[k] + L->off_s))[g]);
-                const __m256i c = _mm256_slli_epi32(_mm256_set1_epi32(((const int32_t *)(a[k] + L->off_sum))[g]), 3);
-                f[k][0] = fold_int4(f[k][0], h[k][0], c, _mm256_mul_ps(sw0, xs));
-                f[k][1] = fold_int4(f[k][1], h[k][1], c, _mm256_mul_ps(sw1, xs));
+                const __m256 xs = _mm256_set1_ps(s[k][g]);
+                f[k][0] = fold_int4(f[k][0], h[k][0], sw0, d0, xs);
+                f[k][1] = fold_int4(f[k][1], h[k][1], sw1, d1, xs);
             }
         }
         store16x2(y + t0 * ldy, ldy, rows, 2, f[0][0], f[0][1], f[1][0], f[1][1]);
@@ -522,19 +534,20 @@ static void qgemm_avx2(float *y, int64_t ldy, const QMat *w, const ActLayout *L,
     if (w->group != 32) { qgemm_scalar(y, ldy, w, L, act, nt, r0, r1, scratch); return; }
     if (nt >= PANEL_MIN_T) {
         uint8_t *P = (uint8_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
-        /* two 8-row panels back to back, then their scales (scratch holds KERNEL_PANEL rows) */
-        float *PS = (float *)(P + 16 * 32 * w->ng);
+        /* two 8-row panels back to back, then their scales, then (int4) their offset corrections;
+         * scratch holds KERNEL_PANEL rows (kernels_scratch_bytes) */
+        float *PS = (float *)(P + 16 * 32 * w->ng), *PD = PS + 16 * w->ng;
         for (int64_t r = r0; r < r1; r += 16) {
             const int64_t re = r + 16 < r1 ? r + 16 : r1, rm = r + 8 < re ? r + 8 : re;
-            pack_panel8(P, PS, w, r, rm);
-            pack_panel8(P + 8 * 32 * w->ng, PS + 8 * w->ng, w, rm, re);  /* rm == re: repeats row re - 1 */
+            pack_panel8(P, PS, PD, w, r, rm);
+            pack_panel8(P + 8 * 32 * w->ng, PS + 8 * w->ng, PD + 8 * w->ng, w, rm, re);  /* rm == re: repeats row re - 1 */
             const uint8_t *pf;
             const int64_t pfb = next_panel(w, re, r1, 16, &pf);
             if (w->fmt == FMT_INT4) {
                 Ahead ah = ahead_of(pf, pfb, w->ng);
                 const int64_t n4 = nt / 4 * 4;
-                panel16x4_int4(y + r, ldy, P, PS, w->ng, L, act, n4, re - r, &ah);
-                if (n4 < nt) panel16_int4(y + r + n4 * ldy, ldy, P, PS, w->ng, L, act + n4 * L->stride, nt - n4, re - r, &ah);
+                panel16x4_int4(y + r, ldy, P, PS, PD, w->ng, L, act, n4, re - r, &ah);
+                if (n4 < nt) panel16_int4(y + r + n4 * ldy, ldy, P, PS, PD, w->ng, L, act + n4 * L->stride, nt - n4, re - r, &ah);
             } else panel16_int8(y + r, ldy, P, PS, w->ng, L, act, nt, re - r, pf, pfb);
         }
         return;

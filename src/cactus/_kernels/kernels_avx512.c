@@ -97,6 +97,7 @@ static void quantize_avx512(const ActLayout *L, uint8_t *act, const float *x, in
         s[g] = d;
         sum[g] = _mm512_reduce_add_epi32(acc);
     }
+    act_unsigned(L, act, g0, g1 < groups_q ? g1 : groups_q);
     extras_avx512(L, act, g0, g1 < groups_q ? g1 : groups_q);
 }
 

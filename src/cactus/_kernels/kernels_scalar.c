@@ -69,6 +69,7 @@ void act_layout(ActLayout *L, int64_t k, int32_t group, int32_t fmt) {
     L->off_s = off;    off += 4 * L->nga;
     L->off_sum = off;  off += 4 * L->nga;
     if (fmt == FMT_INT4) {
+        L->off_qu = off;   off += L->kpa;
         L->off_qn = off;   off += L->kpa;
         L->off_corr = off; off += 4 * (L->kpa / 8);
         L->off_sl = off;   off += 4 * (L->kpa / 8);
@@ -80,9 +81,10 @@ void act_layout(ActLayout *L, int64_t k, int32_t group, int32_t fmt) {
 }
 
 size_t kernels_scratch_bytes(int64_t kp) {
-    /* one packed panel: KERNEL_PANEL rows x kpa bytes + per-group scales; generous */
+    /* one packed panel: KERNEL_PANEL rows x kpa bytes + two f32 per row and group (scales, and
+     * AVX2's int4 offset corrections); generous */
     int64_t kpa = (kp + 255) / 256 * 256;
-    return (size_t)(KERNEL_PANEL * kpa + 4 * KERNEL_PANEL * (kpa / 32 + 16) + 4096);
+    return (size_t)(KERNEL_PANEL * kpa + 8 * KERNEL_PANEL * (kpa / 32 + 16) + 4096);
 }
 
 size_t attn_scratch_floats(int64_t R, int64_t hd) {
@@ -117,6 +119,7 @@ void quantize_scalar(const ActLayout *L, uint8_t *act, const float *x, int64_t g
         s[g] = d;
         sum[g] = acc;
     }
+    act_unsigned(L, act, g0, g1 < groups_q ? g1 : groups_q);
     act_extras(L, act, g0, g1 < groups_q ? g1 : groups_q);
 }
 
