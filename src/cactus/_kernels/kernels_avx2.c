@@ -253,7 +253,7 @@ static float dot_int8(const uint8_t *row, const uint16_t *sw, int64_t ng, const 
 /* Prefill (nt >= PANEL_MIN_T tokens, G = 32): 8 rows are packed into a panel where each 32-bit lane holds 4
  * weights of one row (int4 unpacked to the signed q = u - 8, one byte each; int8 as stored), group-major: vector c of
  * group g holds elements 4c..4c+3 of the group for rows 0..7. Two such panels (16 rows) run against 4 tokens
- * (int4; int8, and int4's last 1-3 tokens, 2) at a time: vpmaddubsw of each panel's vector with a
+ * (int4; int8, and int4's last 1-3 tokens, 2, a last odd one alone) at a time: vpmaddubsw of each panel's vector with a
  * broadcast of the token's 4 activation bytes, so each broadcast serves two vpmaddubsw. int4 takes
  * the activations unsigned (qu = q + 128), sums a group's 8 products in int16 (|sum| <= 8 * 2 *
  * 255 * 8 = 32640, no saturation), widens once by vpmaddwd, and takes back 128 * sum(q) times the
@@ -396,10 +396,16 @@ static inline __m256 fold_int4(__m256 f, __m256i h, __m256 sw, __m256 d, __m256 
     return _mm256_fmadd_ps(_mm256_fmsub_ps(v, sw, d), xs, f);
 }
 
-/* int4 on 16 rows (two 8-row panels, P and P + 8 * 32 * ng) by 1-2 tokens: the 1-3 tokens left
- * after panel16x4_int4 (below). A group's 8 steps are written in asm: from intrinsics, gcc hoisted
+/* int4 on 16 rows (two 8-row panels, P and P + 8 * 32 * ng) by 2 tokens (nt even), or by the
+ * one token left (nt == 1: a tile of its own, rather than the pair with that token twice): what
+ * panel16x4_int4 (below) leaves. A group's 8 steps are written in asm: from intrinsics, gcc hoisted
  * the loads, ran out of registers and loaded each weight vector twice (and an earlier intrinsics
  * version had its adds reassociated into a tree and spilled, a third of the speed). */
+#define P1_STEP(wo, xo) "vmovdqa " #wo "(%[w0]), %[a]\n\t" "vmovdqa " #wo "(%[w1]), %[b]\n\t" \
+    "vpbroadcastd " #xo "(%[x0]), %[u]\n\t" P16_ACC(u, a, h00) P16_ACC(u, b, h01)
+#define P1_FIRST "vmovdqa (%[w0]), %[a]\n\t" "vmovdqa (%[w1]), %[b]\n\t" "vpbroadcastd (%[x0]), %[u]\n\t" \
+    "vpmaddubsw %[a], %[u], %[h00]\n\t" "vpmaddubsw %[b], %[u], %[h01]\n\t"
+
 static void panel16_int4(float *y, int64_t ldy, const uint8_t *P, const float *PS, const float *PD, int64_t ng,
                          const ActLayout *L, const uint8_t *act, int64_t nt, int64_t rows, Ahead *ah) {
     const uint8_t *p1 = P + 8 * 32 * ng;
@@ -412,15 +418,26 @@ static void panel16_int4(float *y, int64_t ldy, const uint8_t *P, const float *P
         for (int64_t g = 0; g < ng; g++) {
             ahead_step(ah);
             __m256i h00, h01, h10, h11, a, b, u, v, t;
+            const __m256 sw0 = _mm256_loadu_ps(PS + 8 * g), sw1 = _mm256_loadu_ps(PS + 8 * (ng + g));
+            const __m256 d0 = _mm256_loadu_ps(PD + 8 * g), d1 = _mm256_loadu_ps(PD + 8 * (ng + g));
+            const __m256 x0s = _mm256_set1_ps(s0[g]);
+            if (tb == 1) {
+                __asm__(P1_FIRST P1_STEP(32, 4) P1_STEP(64, 8) P1_STEP(96, 12) P1_STEP(128, 16)
+                        P1_STEP(160, 20) P1_STEP(192, 24) P1_STEP(224, 28)
+                    : [h00] "=&x"(h00), [h01] "=&x"(h01), [a] "=&x"(a), [b] "=&x"(b), [u] "=&x"(u), [t] "=&x"(t)
+                    : [w0] "r"(P + 256 * g), [w1] "r"(p1 + 256 * g), [x0] "r"(q0 + 32 * g)
+                    : "memory");
+                f00 = fold_int4(f00, h00, sw0, d0, x0s);
+                f01 = fold_int4(f01, h01, sw1, d1, x0s);
+                continue;
+            }
             __asm__(P16_LOAD(0, 0) P16_FIRST P16_STEP(32, 4) P16_STEP(64, 8) P16_STEP(96, 12) P16_STEP(128, 16)
                     P16_STEP(160, 20) P16_STEP(192, 24) P16_STEP(224, 28)
                 : [h00] "=&x"(h00), [h01] "=&x"(h01), [h10] "=&x"(h10), [h11] "=&x"(h11),
                   [a] "=&x"(a), [b] "=&x"(b), [u] "=&x"(u), [v] "=&x"(v), [t] "=&x"(t)
                 : [w0] "r"(P + 256 * g), [w1] "r"(p1 + 256 * g), [x0] "r"(q0 + 32 * g), [x1] "r"(q1 + 32 * g)
                 : "memory");
-            const __m256 sw0 = _mm256_loadu_ps(PS + 8 * g), sw1 = _mm256_loadu_ps(PS + 8 * (ng + g));
-            const __m256 d0 = _mm256_loadu_ps(PD + 8 * g), d1 = _mm256_loadu_ps(PD + 8 * (ng + g));
-            const __m256 x0s = _mm256_set1_ps(s0[g]), x1s = _mm256_set1_ps(s1[g]);
+            const __m256 x1s = _mm256_set1_ps(s1[g]);
             f00 = fold_int4(f00, h00, sw0, d0, x0s);
             f01 = fold_int4(f01, h01, sw1, d1, x0s);
             f10 = fold_int4(f10, h10, sw0, d0, x1s);
