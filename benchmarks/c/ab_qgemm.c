@@ -1,7 +1,8 @@
-/* Two builds of the AVX2 kernels on one qgemm shape, alternated round by round in one process (this
- * machine's speed drifts by 15% within minutes, so runs of one build then the other mislead):
- * kernels_avx2 from the working tree against kernels_avx2_old, the same file at another commit.
- * Checks both against the scalar table, then prints each one's median and best GMAC/s.
+/* Two builds of one kernel table on one qgemm shape, alternated round by round in one process (this
+ * machine's speed drifts by 15% within minutes, so runs of one build then the other mislead): the
+ * table AB_NEW from the working tree against AB_OLD, the same file at another commit (defaults:
+ * kernels_avx2 and kernels_avx2_old). Checks both against the scalar table, then prints each one's
+ * median and best GMAC/s.
  * Build and run (from the repository root; x86; REV = the commit to compare against):
  *   S=src/cactus/_kernels; git show REV:$S/kernels_avx2.c > /tmp/kernels_avx2_old.c
  *   gcc -O3 -c -mavx2 -mfma -mf16c -I$S -Dkernels_avx2=kernels_avx2_old /tmp/kernels_avx2_old.c -o /tmp/old.o
@@ -9,13 +10,20 @@
  *   gcc -O3 -I$S benchmarks/c/ab_qgemm.c $S/kernels_avx2.c -mavx2 -mfma -mf16c $S/kernels_scalar.c $S/dispatch.c \
  *     /tmp/k512.o /tmp/old.o -o /tmp/ab_qgemm -lm
  *   /tmp/ab_qgemm N K T [int4|int8] [ROUNDS=15]
+ * For AVX-512 (a CPU with VNNI): the old file compiled with -Dkernels_avx512vnni=kernels_avx512vnni_old
+ * -Dkernels_avx512vnni_gfni=kernels_avx512vnni_gfni_old, the new one and kernels_avx2.c as they
+ * are, and this file with -DAB_NEW=kernels_avx512vnni_gfni -DAB_OLD=kernels_avx512vnni_gfni_old.
  */
+#ifndef AB_NEW
+#define AB_NEW kernels_avx2
+#define AB_OLD kernels_avx2_old
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include "kernels.h"
-extern const Kernels kernels_avx2_old;
+extern const Kernels AB_OLD;
 static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
 static int cmp(const void *a, const void *b) { double x = *(double *)a, y = *(double *)b; return x < y ? -1 : x > y; }
 int main(int argc, char **argv) {
@@ -31,7 +39,7 @@ int main(int argc, char **argv) {
     for (int64_t i = 0; i < N * w.row_bytes; i++) data[i] = fmt == FMT_INT4 ? (uint8_t)rand() : (uint8_t)(rand() % 255 - 127);
     for (int64_t i = 0; i < N * w.ng; i++) sc[i] = f32_to_f16(0.01f + (float)(rand() % 100) * 1e-4f);
     w.data = data; w.scales = sc;
-    const Kernels *ks[2] = {&kernels_avx2_old, &kernels_avx2};
+    const Kernels *ks[2] = {&AB_OLD, &AB_NEW};
     ActLayout L; act_layout(&L, K, 32, fmt); L.extras = 0;
     uint8_t *act[2]; float *x = malloc((size_t)K * 4), *y = malloc((size_t)(T * N) * 4), *ref = malloc((size_t)(T * N) * 4);
     for (int v = 0; v < 2; v++) act[v] = calloc((size_t)(T * L.stride), 1);

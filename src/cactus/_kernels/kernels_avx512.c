@@ -328,52 +328,63 @@ static void pack_panel(uint8_t *P, float *PS, const QMat *w, int64_t r0, int64_t
 
 typedef int32_t __attribute__((may_alias, aligned(1))) i32u;
 
-/* y[t, r0..r0+16) for tokens [0, nt) from a packed panel; 8 tokens per pass keep their f32
- * accumulators in registers while each 8 weight quads are loaded once (quads = 4 k-steps). A
- * partial pass repeats its last token and drops the extra results. */
-static void panel_gemm(float *y, int64_t ldy, const uint8_t *P, const float *PS, const QMat *w,
-                       const ActLayout *L, const uint8_t *act, int64_t nt, int64_t rows) {
+/* One pass of NT tokens (t0 and on; the last tb real, the rest repeating the last) over a packed
+ * panel: the NT f32 accumulators stay in registers while each 8 weight quads are loaded once
+ * (quads = 4 k-steps). NT is a constant where this is inlined, so the arrays are registers. */
+static inline __attribute__((always_inline)) void panel_pass(float *y, int64_t ldy, const uint8_t *P, const float *PS,
+                                                             const QMat *w, const ActLayout *L, const uint8_t *act,
+                                                             int64_t t0, int tb, int64_t rows, const int NT) {
     const int64_t G = w->group, qpg = G / 4;
     const int32_t off = w->fmt == FMT_INT4 ? 8 : 128;
     const __m512i *pw = (const __m512i *)P;
+    const int8_t *q[8];
+    const float *s[8];
+    const int32_t *sum[8];
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; t++) {
+        const uint8_t *a = act + (t0 + (t < tb ? t : tb - 1)) * L->stride;
+        q[t] = (const int8_t *)(a + L->off_q);
+        s[t] = (const float *)(a + L->off_s);
+        sum[t] = (const int32_t *)(a + L->off_sum);
+    }
+    __m512 f[8];
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; t++) f[t] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < w->ng; g++) {
+        __m512i acc[8];
+#pragma GCC unroll 8
+        for (int t = 0; t < NT; t++) acc[t] = _mm512_set1_epi32(-off * sum[t][g]);
+        for (int64_t c = 0; c < qpg; c += 8) {
+            const __m512i *pq = pw + g * qpg + c;
+            const int64_t e = g * G + 4 * c;
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; i++) {
+                const __m512i wv = _mm512_loadu_si512(pq + i);
+#pragma GCC unroll 8
+                for (int t = 0; t < NT; t++)
+                    acc[t] = _mm512_dpbusd_epi32(acc[t], wv, _mm512_set1_epi32(*(const i32u *)(q[t] + e + 4 * i)));
+            }
+        }
+        const __m512 sw = _mm512_loadu_ps(PS + 16 * g);
+#pragma GCC unroll 8
+        for (int t = 0; t < NT; t++)
+            f[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[t]), _mm512_mul_ps(sw, _mm512_set1_ps(s[t][g])), f[t]);
+    }
+    const __mmask16 m = mask16(rows);
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; t++)
+        if (t < tb) _mm512_mask_storeu_ps(y + (t0 + t) * ldy, m, f[t]);
+}
+
+/* y[t, r0..r0+16) for tokens [0, nt) from a packed panel: passes of 8 tokens, and the last 1-4
+ * alone in a pass of 4 (a pass costs the same whatever its real tokens: 8 for 1-4 tokens wasted
+ * up to 7 of them, a tenth of an expert's work at ~32 tokens each). */
+static void panel_gemm(float *y, int64_t ldy, const uint8_t *P, const float *PS, const QMat *w,
+                       const ActLayout *L, const uint8_t *act, int64_t nt, int64_t rows) {
     for (int64_t t0 = 0; t0 < nt; t0 += 8) {
         const int tb = (int)(nt - t0 < 8 ? nt - t0 : 8);
-        const int8_t *q[8];
-        const float *s[8];
-        const int32_t *sum[8];
-#pragma GCC unroll 8
-        for (int t = 0; t < 8; t++) {
-            const uint8_t *a = act + (t0 + (t < tb ? t : tb - 1)) * L->stride;
-            q[t] = (const int8_t *)(a + L->off_q);
-            s[t] = (const float *)(a + L->off_s);
-            sum[t] = (const int32_t *)(a + L->off_sum);
-        }
-        __m512 f0 = _mm512_setzero_ps(), f1 = f0, f2 = f0, f3 = f0, f4 = f0, f5 = f0, f6 = f0, f7 = f0;
-        for (int64_t g = 0; g < w->ng; g++) {
-            __m512i a0 = _mm512_set1_epi32(-off * sum[0][g]), a1 = _mm512_set1_epi32(-off * sum[1][g]),
-                    a2 = _mm512_set1_epi32(-off * sum[2][g]), a3 = _mm512_set1_epi32(-off * sum[3][g]),
-                    a4 = _mm512_set1_epi32(-off * sum[4][g]), a5 = _mm512_set1_epi32(-off * sum[5][g]),
-                    a6 = _mm512_set1_epi32(-off * sum[6][g]), a7 = _mm512_set1_epi32(-off * sum[7][g]);
-            for (int64_t c = 0; c < qpg; c += 8) {
-                const __m512i *pq = pw + g * qpg + c;
-                const int64_t e = g * G + 4 * c;
-#pragma GCC unroll 8
-                for (int i = 0; i < 8; i++) {
-                    const __m512i wv = _mm512_loadu_si512(pq + i);
-#define DP(A, T) A = _mm512_dpbusd_epi32(A, wv, _mm512_set1_epi32(*(const i32u *)(q[T] + e + 4 * i)))
-                    DP(a0, 0); DP(a1, 1); DP(a2, 2); DP(a3, 3); DP(a4, 4); DP(a5, 5); DP(a6, 6); DP(a7, 7);
-#undef DP
-                }
-            }
-            const __m512 sw = _mm512_loadu_ps(PS + 16 * g);
-#define FM(F, A, T) F = _mm512_fmadd_ps(_mm512_cvtepi32_ps(A), _mm512_mul_ps(sw, _mm512_set1_ps(s[T][g])), F)
-            FM(f0, a0, 0); FM(f1, a1, 1); FM(f2, a2, 2); FM(f3, a3, 3);
-            FM(f4, a4, 4); FM(f5, a5, 5); FM(f6, a6, 6); FM(f7, a7, 7);
-#undef FM
-        }
-        const __mmask16 m = mask16(rows);
-        __m512 fs[8] = {f0, f1, f2, f3, f4, f5, f6, f7};
-        for (int t = 0; t < tb; t++) _mm512_mask_storeu_ps(y + (t0 + t) * ldy, m, fs[t]);
+        if (tb <= 4) panel_pass(y, ldy, P, PS, w, L, act, t0, tb, rows, 4);
+        else panel_pass(y, ldy, P, PS, w, L, act, t0, tb, rows, 8);
     }
 }
 
