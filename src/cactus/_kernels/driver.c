@@ -229,8 +229,8 @@ static void moe_job(void *arg, int tid) {
         if (is_int(&j->w1->m)) {
             EACH(&j->ph[0], T, t) quantize_tokens(c, &j->L1, j->xact, j->x, D, t, t + 1);
             phase_wait(&j->ph[0], T);
-            EACH(&j->ph[1], P, p)
-                memcpy(j->gact + p * j->L1.stride, j->xact + j->order[p] * j->L1.stride, (size_t)j->L1.stride);
+            const size_t used = (size_t)act_used_bytes(&j->L1);  /* prefill: 4.6 of 8.7 KB at K = 2048 */
+            EACH(&j->ph[1], P, p) memcpy(j->gact + p * j->L1.stride, j->xact + j->order[p] * j->L1.stride, used);
         } else {
             EACH(&j->ph[1], P, p) memcpy(j->gx + p * D, j->x + j->order[p] * D, (size_t)D * 4);
         }

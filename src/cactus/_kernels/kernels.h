@@ -48,6 +48,13 @@ typedef struct {
     int64_t off_q, off_s, off_sum, off_qu, off_qn, off_corr, off_sl, stride; /* bytes; stride = one token */
 } ActLayout;
 
+/* The bytes at the start of one token's buffer that the kernels read: all of it when the decode
+ * extras are in use, else q, s and sum (and int4's qu), which come first. */
+static inline int64_t act_used_bytes(const ActLayout *L) {
+    if (L->extras || (L->fmt != FMT_INT4 && L->fmt != FMT_INT8)) return L->stride;
+    return L->fmt == FMT_INT4 ? L->off_qn : L->off_corr;
+}
+
 typedef struct Kernels {
     const char *name;
     /* act (one token) <- x (K): groups [g0, g1) of it (all extras for L->fmt included). */
