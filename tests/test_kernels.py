@@ -33,7 +33,7 @@ def spec_linear(x: np.ndarray, w: QTensor) -> np.ndarray:
 
 
 SHAPES = [(1, 1, 32), (1, 37, 100), (1, 64, 2048), (2, 33, 96), (3, 5, 1056), (5, 17, 64), (7, 24, 160), (8, 40, 96),
-          (9, 50, 300), (17, 40, 200)]
+          (9, 50, 300), (10, 21, 128), (17, 40, 200)]
 
 
 @pytest.mark.parametrize("level", LEVELS)

@@ -126,7 +126,8 @@ int main(void) {
     for (int i = 0; i < nt; i++) printf(" %s", shown[i]);
     printf("\n");
     static const int64_t shapes[][3] = {{1, 1, 32}, {1, 37, 100}, {1, 64, 2048}, {3, 33, 96}, {5, 17, 64},
-                                        {7, 24, 160}, {8, 40, 96}, {9, 50, 300}, {17, 40, 200}, {1, 3, 1056}};
+                                        {7, 24, 160}, {8, 40, 96}, {9, 50, 300}, {10, 21, 128}, {17, 40, 200},
+                                        {1, 3, 1056}};
     for (int t = 1; t < nt; t++) {
         const Kernels *k = tables[t];
         for (int fmt = 0; fmt <= FMT_INT4; fmt++)

@@ -175,41 +175,49 @@ static void pack_panel4(int8_t *P, float *PS, const QMat *w, int64_t r0, int64_t
         A = vdotq_laneq_s32(A, wv[6], X1, 2); A = vdotq_laneq_s32(A, wv[7], X1, 3);          \
     } while (0)
 
+/* One pass of NT tokens from t0 (NT a constant where this is inlined, so the arrays are
+ * registers): a pass costs the same whatever its real tokens, so the last 1-2 tokens of a panel
+ * run in a pass of their own width rather than in a pass of 4 that repeats the last. */
+static inline __attribute__((always_inline)) void panel4_pass(float *y, int64_t ldy, const int8_t *P, const float *PS,
+                                                              int64_t ng, const ActLayout *L, const uint8_t *act,
+                                                              int64_t t0, int tb, int64_t rows, const int NT) {
+    const int8_t *q[4];
+    const float *s[4];
+    for (int t = 0; t < NT; t++) {
+        const uint8_t *a = act + (t0 + (t < tb ? t : tb - 1)) * L->stride;
+        q[t] = (const int8_t *)(a + L->off_q);
+        s[t] = (const float *)(a + L->off_s);
+    }
+    float32x4_t f[4];
+    for (int t = 0; t < NT; t++) f[t] = vdupq_n_f32(0.0f);
+    for (int64_t g = 0; g < ng; g++) {
+        int8x16_t wv[8];
+        for (int c = 0; c < 8; c++) wv[c] = vld1q_s8(P + (g * 8 + c) * 16);
+        const float32x4_t sw = vld1q_f32(PS + 4 * g);
+        for (int t = 0; t < NT; t++) {
+            int32x4_t acc = vdupq_n_s32(0);
+            SDOT8(acc, vld1q_s8(q[t] + 32 * g), vld1q_s8(q[t] + 32 * g + 16));
+            f[t] = vfmaq_f32(f[t], vcvtq_f32_s32(acc), vmulq_n_f32(sw, s[t][g]));
+        }
+    }
+    for (int t = 0; t < NT; t++) {
+        if (t >= tb) break;
+        float out[4];
+        vst1q_f32(out, f[t]);
+        memcpy(y + (t0 + t) * ldy, out, (size_t)rows * 4);
+    }
+}
+#undef SDOT8
+
 static void panel4_gemm(float *y, int64_t ldy, const int8_t *P, const float *PS, int64_t ng, const ActLayout *L,
                         const uint8_t *act, int64_t nt, int64_t rows) {
     for (int64_t t0 = 0; t0 < nt; t0 += 4) {
         const int tb = (int)(nt - t0 < 4 ? nt - t0 : 4);
-        const int8_t *q[4];
-        const float *s[4];
-        for (int t = 0; t < 4; t++) {
-            const uint8_t *a = act + (t0 + (t < tb ? t : tb - 1)) * L->stride;
-            q[t] = (const int8_t *)(a + L->off_q);
-            s[t] = (const float *)(a + L->off_s);
-        }
-        float32x4_t f0 = vdupq_n_f32(0.0f), f1 = f0, f2 = f0, f3 = f0;
-        for (int64_t g = 0; g < ng; g++) {
-            int8x16_t wv[8];
-            for (int c = 0; c < 8; c++) wv[c] = vld1q_s8(P + (g * 8 + c) * 16);
-            int32x4_t a0 = vdupq_n_s32(0), a1 = a0, a2 = a0, a3 = a0;
-            SDOT8(a0, vld1q_s8(q[0] + 32 * g), vld1q_s8(q[0] + 32 * g + 16));
-            SDOT8(a1, vld1q_s8(q[1] + 32 * g), vld1q_s8(q[1] + 32 * g + 16));
-            SDOT8(a2, vld1q_s8(q[2] + 32 * g), vld1q_s8(q[2] + 32 * g + 16));
-            SDOT8(a3, vld1q_s8(q[3] + 32 * g), vld1q_s8(q[3] + 32 * g + 16));
-            const float32x4_t sw = vld1q_f32(PS + 4 * g);
-            f0 = vfmaq_f32(f0, vcvtq_f32_s32(a0), vmulq_n_f32(sw, s[0][g]));
-            f1 = vfmaq_f32(f1, vcvtq_f32_s32(a1), vmulq_n_f32(sw, s[1][g]));
-            f2 = vfmaq_f32(f2, vcvtq_f32_s32(a2), vmulq_n_f32(sw, s[2][g]));
-            f3 = vfmaq_f32(f3, vcvtq_f32_s32(a3), vmulq_n_f32(sw, s[3][g]));
-        }
-        const float32x4_t fs[4] = {f0, f1, f2, f3};
-        for (int t = 0; t < tb; t++) {
-            float out[4];
-            vst1q_f32(out, fs[t]);
-            memcpy(y + (t0 + t) * ldy, out, (size_t)rows * 4);
-        }
+        if (tb >= 3) panel4_pass(y, ldy, P, PS, ng, L, act, t0, tb, rows, 4);
+        else if (tb == 2) panel4_pass(y, ldy, P, PS, ng, L, act, t0, tb, rows, 2);
+        else panel4_pass(y, ldy, P, PS, ng, L, act, t0, tb, rows, 1);
     }
 }
-#undef SDOT8
 
 static void qgemm_neon(float *y, int64_t ldy, const QMat *w, const ActLayout *L, const uint8_t *act,
                        int64_t nt, int64_t r0, int64_t r1, uint8_t *scratch) {
