@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 K = ROOT / "src" / "cactus" / "_kernels"
 COMMON = ["kernels_scalar.c", "dispatch.c", "driver.c", "small.c", "pool.c"]
 X86 = {"kernels_avx2.c": ["-mavx2", "-mfma", "-mf16c"],
+       "kernels_avxvnni.c": ["-mavx2", "-mfma", "-mf16c", "-mavxvnni"],
        "kernels_avx512.c": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mgfni",
                          "-mavx2", "-mfma", "-mf16c"]}
 ARM = {"kernels_neon.c": ["-march=armv8.2-a+dotprod"]}

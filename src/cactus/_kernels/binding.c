@@ -730,9 +730,9 @@ static PyObject *py_set_isa(PyObject *self, PyObject *arg) {
 static PyObject *py_isa(PyObject *self, PyObject *unused) { return PyUnicode_FromString(ctx.k->name); }
 
 static PyObject *py_supported(PyObject *self, PyObject *unused) {
-    static const char *all[] = {"scalar", "avx2", "avx512", "neon"};
+    static const char *all[] = {"scalar", "avx2", "avxvnni", "avx512", "neon"};
     PyObject *out = PyList_New(0);
-    for (int i = 0; out && i < 4; i++)
+    for (size_t i = 0; out && i < sizeof all / sizeof *all; i++)
         if (kernels_by_name(all[i])) {
             PyObject *s = PyUnicode_FromString(all[i]);
             if (!s || PyList_Append(out, s)) { Py_XDECREF(s); Py_DECREF(out); return NULL; }

@@ -32,6 +32,10 @@ static int x86_has(const char *name) {
     const int has_avx2 = ymm_os && avx2 && fma && f16c;
     if (!strcmp(name, "avx2")) return has_avx2;
     if (!strcmp(name, "avx512")) return has_avx2 && zmm_os && f && bw && vl && vnni;
+    if (!strcmp(name, "avxvnni")) {  /* CPUID.(EAX=7, ECX=1):EAX bit 4 */
+        __cpuid_count(7, 1, a, b, c, d);
+        return has_avx2 && ((a >> 4) & 1);
+    }
     if (!strcmp(name, "gfni")) return gfni;
     return 0;
 }
@@ -63,6 +67,7 @@ int cpu_supports(const char *name) {
 static const struct { const char *name; const Kernels *table; } levels[] = {  /* best first */
 #if defined(__x86_64__) || defined(_M_X64)
     {"avx512", &kernels_avx512vnni},
+    {"avxvnni", &kernels_avxvnni},
     {"avx2", &kernels_avx2},
 #endif
 #if defined(__aarch64__)

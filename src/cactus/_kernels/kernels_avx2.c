@@ -378,21 +378,34 @@ static inline void ahead_step(Ahead *a) {
     for (int64_t k = 0; k < a->per && a->p < a->end; k++, a->p += 64) prefetch_l2(a->p);
 }
 
+/* The int4 tiles' products (AT&T operand order: signed weights w, unsigned activations x): h = or
+ * h += the dot of x and w, 4 bytes per 32-bit lane of a row. AVX2: vpmaddubsw into int16 pair
+ * sums, added up in int16 over a group (t a scratch register), widened once by vpmaddwd (WIDEN).
+ * AVX-VNNI (this file compiled again as kernels_avxvnni.c): one vpdpbusd, the 4 products summed
+ * straight into the row's int32 lane, so a step is half the instructions and nothing to widen. */
+#ifdef CACTUS_AVXVNNI
+#define DOT_SET(x, w, h) "vpxor %[" #h "], %[" #h "], %[" #h "]\n\t" DOT_ADD(x, w, h)
+#define DOT_ADD(x, w, h) "%{vex%} vpdpbusd %[" #w "], %[" #x "], %[" #h "]\n\t"
+#define WIDEN(h) (h)
+#else
+#define DOT_SET(x, w, h) "vpmaddubsw %[" #w "], %[" #x "], %[" #h "]\n\t"
+#define DOT_ADD(x, w, h) "vpmaddubsw %[" #w "], %[" #x "], %[t]\n\t" "vpaddw %[t], %[" #h "], %[" #h "]\n\t"
+#define WIDEN(h) _mm256_madd_epi16((h), _mm256_set1_epi16(1))
+#endif
+
 /* One step of a group in panel16_int4: vector c of both panels (a, b) and the 4 activation bytes
  * of both tokens (u, v), 32 bytes and 4 bytes further each step; the activations are the unsigned
- * operand (qu = q + 128), the weights the signed one (vpmaddubsw, AT&T: signed, unsigned, dest). */
+ * operand (qu = q + 128), the weights the signed one. */
 #define P16_LOAD(wo, xo) "vmovdqa " #wo "(%[w0]), %[a]\n\t" "vmovdqa " #wo "(%[w1]), %[b]\n\t" \
     "vpbroadcastd " #xo "(%[x0]), %[u]\n\t" "vpbroadcastd " #xo "(%[x1]), %[v]\n\t"
-#define P16_FIRST "vpmaddubsw %[a], %[u], %[h00]\n\t" "vpmaddubsw %[b], %[u], %[h01]\n\t" \
-    "vpmaddubsw %[a], %[v], %[h10]\n\t" "vpmaddubsw %[b], %[v], %[h11]\n\t"
-#define P16_ACC(x, w, h) "vpmaddubsw %[" #w "], %[" #x "], %[t]\n\t" "vpaddw %[t], %[" #h "], %[" #h "]\n\t"
-#define P16_STEP(wo, xo) P16_LOAD(wo, xo) P16_ACC(u, a, h00) P16_ACC(u, b, h01) P16_ACC(v, a, h10) P16_ACC(v, b, h11)
+#define P16_FIRST DOT_SET(u, a, h00) DOT_SET(u, b, h01) DOT_SET(v, a, h10) DOT_SET(v, b, h11)
+#define P16_STEP(wo, xo) P16_LOAD(wo, xo) DOT_ADD(u, a, h00) DOT_ADD(u, b, h01) DOT_ADD(v, a, h10) DOT_ADD(v, b, h11)
 
 /* f + (the int4 group sums h, widened: sum q (x + 128)) * sw - d, times the activation's scale xs.
  * d = 128 sw sum(q) (the pack's PD, exact) takes the offset back inside one rounding: the result
  * is the spec's sw * sum(q x) rounded once, then scaled by xs. */
 static inline __m256 fold_int4(__m256 f, __m256i h, __m256 sw, __m256 d, __m256 xs) {
-    const __m256 v = _mm256_cvtepi32_ps(_mm256_madd_epi16(h, _mm256_set1_epi16(1)));
+    const __m256 v = _mm256_cvtepi32_ps(WIDEN(h));
     return _mm256_fmadd_ps(_mm256_fmsub_ps(v, sw, d), xs, f);
 }
 
@@ -402,9 +415,9 @@ static inline __m256 fold_int4(__m256 f, __m256i h, __m256 sw, __m256 d, __m256 
  * the loads, ran out of registers and loaded each weight vector twice (and an earlier intrinsics
  * version had its adds reassociated into a tree and spilled, a third of the speed). */
 #define P1_STEP(wo, xo) "vmovdqa " #wo "(%[w0]), %[a]\n\t" "vmovdqa " #wo "(%[w1]), %[b]\n\t" \
-    "vpbroadcastd " #xo "(%[x0]), %[u]\n\t" P16_ACC(u, a, h00) P16_ACC(u, b, h01)
+    "vpbroadcastd " #xo "(%[x0]), %[u]\n\t" DOT_ADD(u, a, h00) DOT_ADD(u, b, h01)
 #define P1_FIRST "vmovdqa (%[w0]), %[a]\n\t" "vmovdqa (%[w1]), %[b]\n\t" "vpbroadcastd (%[x0]), %[u]\n\t" \
-    "vpmaddubsw %[a], %[u], %[h00]\n\t" "vpmaddubsw %[b], %[u], %[h01]\n\t"
+    DOT_SET(u, a, h00) DOT_SET(u, b, h01)
 
 static void panel16_int4(float *y, int64_t ldy, const uint8_t *P, const float *PS, const float *PD, int64_t ng,
                          const ActLayout *L, const uint8_t *act, int64_t nt, int64_t rows, Ahead *ah) {
@@ -449,9 +462,8 @@ static void panel16_int4(float *y, int64_t ldy, const uint8_t *P, const float *P
 
 /* One step of a group in panel16x4_int4: vector c of both panels (a, b), then for each of the 4
  * tokens its 4 activation bytes broadcast (u) and multiplied with both. */
-#define Q16_TOK(xo, x, h0, h1) "vpbroadcastd " #xo "(%[" #x "]), %[u]\n\t" P16_ACC(u, a, h0) P16_ACC(u, b, h1)
-#define Q16_FTOK(x, h0, h1) "vpbroadcastd (%[" #x "]), %[u]\n\t" \
-    "vpmaddubsw %[a], %[u], %[" #h0 "]\n\t" "vpmaddubsw %[b], %[u], %[" #h1 "]\n\t"
+#define Q16_TOK(xo, x, h0, h1) "vpbroadcastd " #xo "(%[" #x "]), %[u]\n\t" DOT_ADD(u, a, h0) DOT_ADD(u, b, h1)
+#define Q16_FTOK(x, h0, h1) "vpbroadcastd (%[" #x "]), %[u]\n\t" DOT_SET(u, a, h0) DOT_SET(u, b, h1)
 #define Q16_FIRST "vmovdqa (%[w0]), %[a]\n\t" "vmovdqa (%[w1]), %[b]\n\t" \
     Q16_FTOK(x0, h00, h01) Q16_FTOK(x1, h10, h11) Q16_FTOK(x2, h20, h21) Q16_FTOK(x3, h30, h31)
 #define Q16_STEP(wo, xo) "vmovdqa " #wo "(%[w0]), %[a]\n\t" "vmovdqa " #wo "(%[w1]), %[b]\n\t" \
@@ -740,4 +752,8 @@ static void silu_mul_avx2(float *g, const float *u, int64_t n) {
 }
 
 /* L1 prefetch off: with it, 8B decode at CACTUS_ISA=avx2 on Zen 4 was 5% slower (KERNELS.md) */
+#ifdef CACTUS_AVXVNNI
+const Kernels kernels_avxvnni = {"avxvnni", quantize_avx2, qgemm_avx2, fgemm_avx2, attn_avx2, silu_mul_avx2, 2048, 0};
+#else
 const Kernels kernels_avx2 = {"avx2", quantize_avx2, qgemm_avx2, fgemm_avx2, attn_avx2, silu_mul_avx2, 2048, 0};
+#endif
