@@ -7,12 +7,14 @@
  *   S=src/cactus/_kernels; git show REV:$S/kernels_avx2.c > /tmp/kernels_avx2_old.c
  *   gcc -O3 -c -mavx2 -mfma -mf16c -I$S -Dkernels_avx2=kernels_avx2_old /tmp/kernels_avx2_old.c -o /tmp/old.o
  *   gcc -O3 -c -mavx512f -mavx512bw -mavx512vl -mavx512vnni -mgfni -mavx2 -mfma -mf16c -I$S $S/kernels_avx512.c -o /tmp/k512.o
+ *   gcc -O3 -c -mavx2 -mfma -mf16c -mavxvnni -I$S $S/kernels_avxvnni.c -o /tmp/vnni.o
  *   gcc -O3 -I$S benchmarks/c/ab_qgemm.c $S/kernels_avx2.c -mavx2 -mfma -mf16c $S/kernels_scalar.c $S/dispatch.c \
- *     /tmp/k512.o /tmp/old.o -o /tmp/ab_qgemm -lm
+ *     /tmp/k512.o /tmp/vnni.o /tmp/old.o -o /tmp/ab_qgemm -lm
  *   /tmp/ab_qgemm N K T [int4|int8] [ROUNDS=15]
  * For AVX-512 (a CPU with VNNI): the old file compiled with -Dkernels_avx512vnni=kernels_avx512vnni_old
  * -Dkernels_avx512vnni_gfni=kernels_avx512vnni_gfni_old, the new one and kernels_avx2.c as they
- * are, and this file with -DAB_NEW=kernels_avx512vnni_gfni -DAB_OLD=kernels_avx512vnni_gfni_old.
+ * are, and this file with -DAB_NEW=kernels_avx512vnni_gfni -DAB_OLD=kernels_avx512vnni_gfni_old; AVX-VNNI
+ * against AVX2, both from the working tree: -DAB_NEW=kernels_avxvnni -DAB_OLD=kernels_avx2.
  */
 #ifndef AB_NEW
 #define AB_NEW kernels_avx2

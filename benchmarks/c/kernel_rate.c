@@ -4,10 +4,12 @@
  * measures that room (GB/s of weights the kernel consumes from cache, per core).
  * Build and run (from the repository root; x86):
  *   S=src/cactus/_kernels; gcc -O3 -c -mavx512f -mavx512bw -mavx512vl -mavx512vnni -mgfni -mavx2 -mfma -mf16c \
- *     -I$S $S/kernels_avx512.c -o /tmp/k512.o && gcc -O3 -I$S benchmarks/c/kernel_rate.c $S/kernels_avx2.c \
- *     -mavx2 -mfma -mf16c $S/kernels_scalar.c $S/dispatch.c /tmp/k512.o -o /tmp/kernel_rate -lm && /tmp/kernel_rate [ROWS] [K]
- * (only kernels_avx512.c gets the AVX-512 flags, so the program runs on AVX2-only CPUs too)
- * Columns: avx2, avx512 (VNNI; high nibbles by shift and mask), avx512+gfni (one GF(2) affine op).
+ *     -I$S $S/kernels_avx512.c -o /tmp/k512.o && gcc -O3 -c -mavx2 -mfma -mf16c -mavxvnni -I$S $S/kernels_avxvnni.c -o /tmp/vnni.o && \
+ *   gcc -O3 -I$S benchmarks/c/kernel_rate.c $S/kernels_avx2.c -mavx2 -mfma -mf16c $S/kernels_scalar.c $S/dispatch.c \
+ *     /tmp/k512.o /tmp/vnni.o -o /tmp/kernel_rate -lm && /tmp/kernel_rate [ROWS] [K]
+ * (only kernels_avx512.c and kernels_avxvnni.c get their flags, so the program runs on AVX2-only CPUs too)
+ * Columns: avx2, avxvnni, avx512 (VNNI; high nibbles by shift and mask), avx512+gfni (one GF(2) affine
+ * op), each where the CPU has it.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,8 +43,8 @@ static double rate(const Kernels *k, const QMat *w, int64_t rows) {
 
 int main(int argc, char **argv) {
     const int64_t rows = argc > 1 ? atoll(argv[1]) : 512, K = argc > 2 ? atoll(argv[2]) : 2048, G = 32;
-    const Kernels *tabs[] = {&kernels_avx2, &kernels_avx512vnni, &kernels_avx512vnni_gfni};
-    const char *names[] = {"avx2", "avx512", "avx512+gfni"};
+    const Kernels *tabs[] = {&kernels_avx2, &kernels_avxvnni, &kernels_avx512vnni, &kernels_avx512vnni_gfni};
+    const char *names[] = {"avx2", "avxvnni", "avx512", "avx512+gfni"}, *needs[] = {"avx2", "avxvnni", "avx512", "avx512"};
     for (int f = FMT_INT8; f <= FMT_INT4; f++) {
         QMat w = {0};
         w.n = rows; w.k = K; w.kp = K; w.ng = K / G; w.group = G; w.fmt = f;
@@ -55,7 +57,7 @@ int main(int argc, char **argv) {
         printf("%s %lldx%lld (%.2f MB):", f == FMT_INT4 ? "int4" : "int8", (long long)rows, (long long)K,
                rows * (w.row_bytes + 2.0 * w.ng) / 1e6);
         for (size_t t = 0; t < sizeof tabs / sizeof *tabs; t++) {
-            if (!cpu_supports(t == 0 ? "avx2" : "avx512") || (t == 2 && !cpu_supports("gfni"))) continue;
+            if (!cpu_supports(needs[t]) || (t == 3 && !cpu_supports("gfni"))) continue;
             printf("  %s %.1f", names[t], rate(tabs[t], &w, rows));
         }
         printf(" GB/s\n");

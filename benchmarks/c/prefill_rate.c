@@ -3,8 +3,9 @@
  * Also checks the result against the scalar table (max abs difference).
  * Build and run (from the repository root; x86):
  *   S=src/cactus/_kernels; gcc -O3 -c -mavx512f -mavx512bw -mavx512vl -mavx512vnni -mgfni -mavx2 -mfma -mf16c \
- *     -I$S $S/kernels_avx512.c -o /tmp/k512.o && gcc -O3 -I$S benchmarks/c/prefill_rate.c $S/kernels_avx2.c \
- *     -mavx2 -mfma -mf16c $S/kernels_scalar.c $S/dispatch.c /tmp/k512.o -o /tmp/prefill_rate -lm
+ *     -I$S $S/kernels_avx512.c -o /tmp/k512.o && gcc -O3 -c -mavx2 -mfma -mf16c -mavxvnni -I$S $S/kernels_avxvnni.c -o /tmp/vnni.o && \
+ *   gcc -O3 -I$S benchmarks/c/prefill_rate.c $S/kernels_avx2.c -mavx2 -mfma -mf16c $S/kernels_scalar.c \
+ *     $S/dispatch.c /tmp/k512.o /tmp/vnni.o -o /tmp/prefill_rate -lm
  *   /tmp/prefill_rate [ISA=avx2] [N=256] [K=2048] [T=64] [int4|int8]
  */
 #include <stdio.h>

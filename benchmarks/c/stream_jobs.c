@@ -8,8 +8,8 @@
  * and, printed once, the agreement of a prototype 16-row interleaved ("panel") layout kernel with
  * the row kernel; `panel` timings are in go(1). Results: benchmarks/RESULTS.md.
  * Build (from the repository root):
- *   S=src/cactus/_kernels; gcc -O2 -mavx512f -mavx512bw -mavx512vl -mavx512vnni -mgfni -mavx2 -mfma -mf16c \
- *     -I$S benchmarks/c/stream_jobs.c $S/kernels_avx512.c $S/kernels_scalar.c $S/kernels_avx2.c $S/dispatch.c \
+ *   S=src/cactus/_kernels; gcc -O2 -mavx512f -mavx512bw -mavx512vl -mavx512vnni -mgfni -mavx2 -mfma -mf16c -mavxvnni \
+ *     -I$S benchmarks/c/stream_jobs.c $S/kernels_avx512.c $S/kernels_scalar.c $S/kernels_avx2.c $S/kernels_avxvnni.c $S/dispatch.c \
  *     -o /tmp/stream_jobs -lpthread -lm && /tmp/stream_jobs
  */
 #define _GNU_SOURCE

@@ -134,6 +134,18 @@ static void quantize_avx2(const ActLayout *L, uint8_t *act, const float *x, int6
 
 /* ------------------------------------------------------------------ integer rows, G = 32 */
 
+/* int32 per 4-byte lane: the nibbles lo (unsigned) times x_lo plus hi times x_hi (signed): AVX2
+ * pairs them in int16 (at most 2 * 2 * 15 * 127, no saturation) and widens; AVX-VNNI sums the
+ * products into the lane with two vpdpbusd. */
+static inline __m256i dot_nibbles(__m256i lo, __m256i xlo, __m256i hi, __m256i xhi) {
+#ifdef CACTUS_AVXVNNI
+    return _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), lo, xlo), hi, xhi);
+#else
+    return _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(lo, xlo), _mm256_maddubs_epi16(hi, xhi)),
+                             _mm256_set1_epi16(1));
+#endif
+}
+
 /* int4, groups [g0, ng) of one row: 32 packed bytes (2 groups) per step; lanes as in kernels.h
  * (qn, corr, sl). g0 is even. */
 static float dot_int4(const uint8_t *row, const uint16_t *sw, int64_t g0, int64_t ng, const uint8_t *act,
@@ -141,7 +153,7 @@ static float dot_int4(const uint8_t *row, const uint16_t *sw, int64_t g0, int64_
     const int8_t *qn = (const int8_t *)(act + L->off_qn);
     const int32_t *corr = (const int32_t *)(act + L->off_corr);
     const float *sl = (const float *)(act + L->off_sl);
-    const __m256i m0f = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    const __m256i m0f = _mm256_set1_epi8(0x0F);
     const __m256i lo_idx = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
     __m256 f = _mm256_setzero_ps();
     uint8_t tail[32];
@@ -153,8 +165,7 @@ static float dot_int4(const uint8_t *row, const uint16_t *sw, int64_t g0, int64_
         __m256i lo = _mm256_and_si256(w, m0f), hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), m0f);
         __m256i xlo = _mm256_loadu_si256((const __m256i *)(qn + 128 * b + 32 * h));
         __m256i xhi = _mm256_loadu_si256((const __m256i *)(qn + 128 * b + 64 + 32 * h));
-        __m256i pr = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xlo), _mm256_maddubs_epi16(hi, xhi));
-        __m256i acc = _mm256_add_epi32(_mm256_madd_epi16(pr, ones), _mm256_loadu_si256((const __m256i *)(corr + 16 * b + 8 * h)));
+        __m256i acc = _mm256_add_epi32(dot_nibbles(lo, xlo, hi, xhi), _mm256_loadu_si256((const __m256i *)(corr + 16 * b + 8 * h)));
         uint32_t two;
         memcpy(&two, sw + g, g + 2 <= ng ? 4 : 2);
         if (g + 2 > ng) two &= 0xFFFF;
@@ -175,7 +186,7 @@ static void dot_int4_x2(float y[2], const uint8_t *ra, const uint8_t *rb, const 
     const int8_t *qn = (const int8_t *)(act + L->off_qn);
     const float *sx = (const float *)(act + L->off_s);
     const int32_t *sum = (const int32_t *)(act + L->off_sum);
-    const __m256i m0f = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    const __m256i m0f = _mm256_set1_epi8(0x0F);
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     __m256 fa = _mm256_setzero_ps(), fb = _mm256_setzero_ps();
     int64_t g = 0;
@@ -192,10 +203,8 @@ static void dot_int4_x2(float y[2], const uint8_t *ra, const uint8_t *rb, const 
             const __m256i xhi = _mm256_loadu_si256((const __m256i *)(qn + 128 * b + 64 + 32 * h));
             const __m256i wa = _mm256_loadu_si256((const __m256i *)(ra + p));
             const __m256i wb = _mm256_loadu_si256((const __m256i *)(rb + p));
-            ia[j] = _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(wa, m0f), xlo),
-                                                       _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(wa, 4), m0f), xhi)), ones);
-            ib[j] = _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(wb, m0f), xlo),
-                                                       _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(wb, 4), m0f), xhi)), ones);
+            ia[j] = dot_nibbles(_mm256_and_si256(wa, m0f), xlo, _mm256_and_si256(_mm256_srli_epi16(wa, 4), m0f), xhi);
+            ib[j] = dot_nibbles(_mm256_and_si256(wb, m0f), xlo, _mm256_and_si256(_mm256_srli_epi16(wb, 4), m0f), xhi);
         }
         const __m256i corr = _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)(sum + g)), 3);  /* u = q + 8 */
         const __m256 s8 = _mm256_loadu_ps(sx + g);
