@@ -8,6 +8,7 @@ import sys
 import numpy as np
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.errors import CompileError
 
 K = "src/cactus/_kernels/"
 COMMON = ["binding.c", "driver.c", "step.c", "small.c", "pool.c", "dispatch.c", "kernels_scalar.c"]
@@ -18,6 +19,8 @@ X86 = {
                          "-mavx2", "-mfma", "-mf16c"],
 }
 ARM = {"kernels_neon.c": ["-march=armv8.2-a+dotprod"]}
+# ISA files a compiler may not know the flags of (gcc < 11 has no -mavxvnni): built without that level
+OPTIONAL = {"kernels_avxvnni.c": "CACTUS_NO_AVXVNNI"}
 BASE_FLAGS = ["-O3", "-std=gnu11", "-fno-strict-aliasing", "-Wall", "-Wno-unused-function"]
 
 
@@ -36,8 +39,16 @@ class BuildKernels(build_ext):
     def build_extension(self, ext):
         objects = []
         for src, flags in isa_sources().items():
-            objects += self.compiler.compile([K + src], output_dir=self.build_temp, include_dirs=ext.include_dirs,
-                                             extra_postargs=BASE_FLAGS + flags, depends=[K + "kernels.h"])
+            try:
+                objects += self.compiler.compile([K + src], output_dir=self.build_temp, include_dirs=ext.include_dirs,
+                                                 extra_postargs=BASE_FLAGS + flags,
+                                                 depends=[K + "kernels.h", K + "kernels_avx2.c"])
+            except CompileError:
+                if src not in OPTIONAL:
+                    raise
+                print(f"warning: {src} not built (this compiler lacks {' '.join(flags)}); "
+                      "that kernel level is left out", file=sys.stderr)
+                ext.define_macros.append((OPTIONAL[src], "1"))
         ext.extra_objects = objects
         super().build_extension(ext)
 

@@ -67,7 +67,9 @@ int cpu_supports(const char *name) {
 static const struct { const char *name; const Kernels *table; } levels[] = {  /* best first */
 #if defined(__x86_64__) || defined(_M_X64)
     {"avx512", &kernels_avx512vnni},
+#ifndef CACTUS_NO_AVXVNNI  /* setup.py: a compiler without -mavxvnni */
     {"avxvnni", &kernels_avxvnni},
+#endif
     {"avx2", &kernels_avx2},
 #endif
 #if defined(__aarch64__)
