@@ -532,12 +532,10 @@ static void panel16x4_int4(float *y, int64_t ldy, const uint8_t *P, const float 
  * 16 rows (two 8-row panels, P and P + 8 * 32 * ng) by 2 tokens: each broadcast and |x| serves two
  * rows' vectors, one fewer instruction per vpmaddubsw than 8 rows by 4 tokens. */
 static void panel16_int8(float *y, int64_t ldy, const uint8_t *P, const float *PS, int64_t ng,
-                         const ActLayout *L, const uint8_t *act, int64_t nt, int64_t rows,
-                         const uint8_t *pf, int64_t pf_bytes) {
+                         const ActLayout *L, const uint8_t *act, int64_t nt, int64_t rows, Ahead *ah) {
     const __m256i ones = _mm256_set1_epi16(1);
     const uint8_t *p1 = P + 8 * 32 * ng;
     const float *ps1 = PS + 8 * ng;
-    Ahead ah = ahead_of(pf, pf_bytes, ng);
     for (int64_t t0 = 0; t0 < nt; t0 += 2) {
         const int tb = nt - t0 < 2 ? 1 : 2;
         const uint8_t *a0 = act + t0 * L->stride, *a1 = act + (t0 + tb - 1) * L->stride;
@@ -545,7 +543,7 @@ static void panel16_int8(float *y, int64_t ldy, const uint8_t *P, const float *P
         const float *s0 = (const float *)(a0 + L->off_s), *s1 = (const float *)(a1 + L->off_s);
         __m256 f00 = _mm256_setzero_ps(), f01 = f00, f10 = f00, f11 = f00;  /* f<token><half> */
         for (int64_t g = 0; g < ng; g++) {
-            ahead_step(&ah);
+            ahead_step(ah);
             __m256i h00, h01, h10, h11, a, b, u, au, t;
             __asm__(I16_STEP(0, 0, P16_SET) I16_STEP(32, 4, P16_ADD) I16_STEP(64, 8, P16_ADD) I16_STEP(96, 12, P16_ADD)
                     I16_STEP(128, 16, P16_ADD) I16_STEP(160, 20, P16_ADD) I16_STEP(192, 24, P16_ADD) I16_STEP(224, 28, P16_ADD)
@@ -581,12 +579,12 @@ static void qgemm_avx2(float *y, int64_t ldy, const QMat *w, const ActLayout *L,
             pack_panel8(P + 8 * 32 * w->ng, PS + 8 * w->ng, PD + 8 * w->ng, w, rm, re);  /* rm == re: repeats row re - 1 */
             const uint8_t *pf;
             const int64_t pfb = next_panel(w, re, r1, 16, &pf);
+            Ahead ah = ahead_of(pf, pfb, w->ng);
             if (w->fmt == FMT_INT4) {
-                Ahead ah = ahead_of(pf, pfb, w->ng);
                 const int64_t n4 = nt / 4 * 4;
                 panel16x4_int4(y + r, ldy, P, PS, PD, w->ng, L, act, n4, re - r, &ah);
                 if (n4 < nt) panel16_int4(y + r + n4 * ldy, ldy, P, PS, PD, w->ng, L, act + n4 * L->stride, nt - n4, re - r, &ah);
-            } else panel16_int8(y + r, ldy, P, PS, w->ng, L, act, nt, re - r, pf, pfb);
+            } else panel16_int8(y + r, ldy, P, PS, w->ng, L, act, nt, re - r, &ah);
         }
         return;
     }
