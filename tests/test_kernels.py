@@ -126,7 +126,8 @@ def test_moe_experts_by_pairs_per_expert(level, fmt, fewest):
 @pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("kv", [np.float16, np.float32])
 @pytest.mark.parametrize("t,start,h,hkv,hd", [(1, 0, 8, 2, 64), (1, 300, 8, 2, 64), (20, 13, 4, 2, 64),
-                                              (5, 3, 4, 1, 12), (3, 40, 6, 3, 16)])
+                                              (5, 3, 4, 1, 12), (3, 40, 6, 3, 16),
+                                              (7, 150, 8, 2, 64), (4, 200, 6, 2, 24)])
 def test_cache_attention(level, kv, t, start, h, hkv, hd):
     s = start + t
     cap = -(-s // 256) * 256

@@ -144,6 +144,8 @@ int main(void) {
             test_attn(k, f16, 4, 12, 33, 4);
             test_attn(k, f16, 7, 64, 37, 1);
             test_attn(k, f16, 10, 32, 50, 1);
+            test_attn(k, f16, 8, 24, 200, 1);  /* 64-position spans, an odd number of 8-float slices */
+            test_attn(k, f16, 5, 64, 129, 1);  /* rows that end exactly at a span's start */
         }
     }
     /* the driver end to end on the best table with two threads: linear twice (pool reuse) */

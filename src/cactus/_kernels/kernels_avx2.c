@@ -669,69 +669,109 @@ static inline __m256 kv8(const void *base, int64_t i, int kv_f16) {
 }
 
 /* Rows in blocks of 4 (a GQA group at one query position, as in kernels_avx512.c), so each key and
- * value vector, converted from f16 once, serves four rows: per block of 16 positions, the scores
- * (4 x 16) from the d-major key block, online softmax per row, then o += p V with the four rows'
- * accumulators in registers, one 8-float slice of hd at a time. A short block repeats its last row
- * (same limit), whose results are not stored. */
+ * value vector, converted from f16 once, serves four rows. Positions go in spans of 64 (four key
+ * blocks of 16): the scores (4 x 64) from the d-major key blocks, then per row one online-softmax
+ * step for the whole span (max, rescale, exp, and the sum kept as a vector), then o += p V with
+ * the four rows' accumulators in registers, one 8-float slice of hd at a time. Per block of 16
+ * the softmax step (its max, exp and scalar sum, a chain per row) had cost about as much as the
+ * block's multiply-adds. The span after next is prefetched into L2 during the scores: long
+ * contexts read the cache from DRAM. A short block repeats its last row (same limit), whose
+ * results are not stored. */
+#define ATTN_SPAN 64
+#ifndef ATTN_AHEAD
+#define ATTN_AHEAD (2 * ATTN_SPAN)  /* positions */
+#endif
 static void attn_avx2(float *out, const float *q, int64_t R, const int64_t *limit, const void *kt,
                       const void *v, int64_t hd, float scale, int kv_f16, float *scratch) {
     if (hd % 8 || hd > 256) { attn_scalar(out, q, R, limit, kt, v, hd, scale, kv_f16, scratch); return; }
-    const int64_t nv = hd / 8;
-    float p[4 * 16] __attribute__((aligned(32)));   /* probabilities of the current block, per row */
-    float ob[4 * 256] __attribute__((aligned(32)));  /* unnormalized outputs, per row */
+    const int64_t nv = hd / 8, esz = kv_f16 ? 2 : 4;
+    float p[4 * ATTN_SPAN] __attribute__((aligned(32)));  /* scores, then probabilities, of the span, per row */
+    float ob[4 * 256] __attribute__((aligned(32)));       /* unnormalized outputs, per row */
+    const __m256 sc = _mm256_set1_ps(scale);
     for (int64_t r0 = 0; r0 < R; r0 += 4) {
         const float *qr[4];
         int64_t lim[4], lmax;
         const int rb = attn_rows4(qr, lim, &lmax, q, limit, R, r0, hd);
-        float m[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY}, l[4] = {0, 0, 0, 0};
+        float m[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+        __m256 l[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
         memset(ob, 0, (size_t)(4 * hd) * 4);
-        for (int64_t s0 = 0; s0 < lmax; s0 += 16) {
-            const int64_t blk = s0 / 16;
-            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-            for (int64_t d = 0; d < hd; d++) {
-                const __m256 k0 = kv8(kt, (blk * hd + d) * 16, kv_f16), k1 = kv8(kt, (blk * hd + d) * 16 + 8, kv_f16);
-                __m256 qd = _mm256_set1_ps(qr[0][d]);
-                a0 = _mm256_fmadd_ps(qd, k0, a0); b0 = _mm256_fmadd_ps(qd, k1, b0);
-                qd = _mm256_set1_ps(qr[1][d]);
-                a1 = _mm256_fmadd_ps(qd, k0, a1); b1 = _mm256_fmadd_ps(qd, k1, b1);
-                qd = _mm256_set1_ps(qr[2][d]);
-                a2 = _mm256_fmadd_ps(qd, k0, a2); b2 = _mm256_fmadd_ps(qd, k1, b2);
-                qd = _mm256_set1_ps(qr[3][d]);
-                a3 = _mm256_fmadd_ps(qd, k0, a3); b3 = _mm256_fmadd_ps(qd, k1, b3);
+        for (int64_t s0 = 0; s0 < lmax; s0 += ATTN_SPAN) {
+            const int64_t send = lmax - s0 < ATTN_SPAN ? lmax - s0 : ATTN_SPAN, nblk = (send + 15) / 16;
+            /* the span after next: its key blocks and value rows, one line of each per d below */
+            const char *pk = (const char *)kt + (s0 + ATTN_AHEAD) * hd * esz, *pv = (const char *)v + (s0 + ATTN_AHEAD) * hd * esz;
+            const int pf = s0 + ATTN_AHEAD < lmax;
+            for (int64_t b = 0; b < nblk; b++) {
+                const int64_t blk = s0 / 16 + b;
+                __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+                const char *fk = pk + b * 16 * hd * esz, *fv = pv + b * 16 * hd * esz;  /* 16 * esz bytes of each per d */
+                for (int64_t d = 0; d < hd; d++) {
+                    if (pf && (d * 16 * esz) % 64 == 0) { prefetch_l2(fk + d * 16 * esz); prefetch_l2(fv + d * 16 * esz); }
+                    const __m256 k0 = kv8(kt, (blk * hd + d) * 16, kv_f16), k1 = kv8(kt, (blk * hd + d) * 16 + 8, kv_f16);
+                    __m256 qd = _mm256_set1_ps(qr[0][d]);
+                    a0 = _mm256_fmadd_ps(qd, k0, a0); b0 = _mm256_fmadd_ps(qd, k1, b0);
+                    qd = _mm256_set1_ps(qr[1][d]);
+                    a1 = _mm256_fmadd_ps(qd, k0, a1); b1 = _mm256_fmadd_ps(qd, k1, b1);
+                    qd = _mm256_set1_ps(qr[2][d]);
+                    a2 = _mm256_fmadd_ps(qd, k0, a2); b2 = _mm256_fmadd_ps(qd, k1, b2);
+                    qd = _mm256_set1_ps(qr[3][d]);
+                    a3 = _mm256_fmadd_ps(qd, k0, a3); b3 = _mm256_fmadd_ps(qd, k1, b3);
+                }
+                const __m256 lo[4] = {a0, a1, a2, a3}, hi[4] = {b0, b1, b2, b3};
+                for (int i = 0; i < 4; i++) {
+                    float *pi = p + ATTN_SPAN * i + 16 * b;
+                    _mm256_store_ps(pi, _mm256_mul_ps(lo[i], sc));
+                    _mm256_store_ps(pi + 8, _mm256_mul_ps(hi[i], sc));
+                    for (int64_t j = lim[i] - s0 - 16 * b < 0 ? 0 : lim[i] - s0 - 16 * b; j < 16; j++) pi[j] = -INFINITY;  /* causal */
+                }
             }
-            const __m256 sc = _mm256_set1_ps(scale), lo[4] = {a0, a1, a2, a3}, hi[4] = {b0, b1, b2, b3};
             for (int i = 0; i < 4; i++) {
-                float *pi = p + 16 * i;
-                const int64_t valid = lim[i] - s0 < 16 ? lim[i] - s0 : 16;
-                if (valid <= 0) { memset(pi, 0, 64); continue; }  /* causal: this row sees none of the block */
-                _mm256_storeu_ps(pi, _mm256_mul_ps(lo[i], sc));
-                _mm256_storeu_ps(pi + 8, _mm256_mul_ps(hi[i], sc));
-                for (int64_t j = valid; j < 16; j++) pi[j] = -INFINITY;
-                const float bm = hmax8(_mm256_max_ps(_mm256_loadu_ps(pi), _mm256_loadu_ps(pi + 8)));
+                float *pi = p + ATTN_SPAN * i;
+                if (lim[i] <= s0) { memset(pi, 0, sizeof(float) * ATTN_SPAN); continue; }  /* sees none of the span */
+                __m256 mx = _mm256_load_ps(pi);
+                for (int64_t j = 8; j < 16 * nblk; j += 8) mx = _mm256_max_ps(mx, _mm256_load_ps(pi + j));
+                const float bm = hmax8(mx);
                 if (bm > m[i]) {
                     const __m256 c = _mm256_set1_ps(m[i] == -INFINITY ? 0.0f : expf(m[i] - bm));
-                    l[i] *= _mm256_cvtss_f32(c);
+                    l[i] = _mm256_mul_ps(l[i], c);
                     for (int64_t d = 0; d < nv; d++)
                         _mm256_store_ps(ob + i * hd + 8 * d, _mm256_mul_ps(_mm256_load_ps(ob + i * hd + 8 * d), c));
                     m[i] = bm;
                 }
-                const __m256 e0 = exp256(_mm256_sub_ps(_mm256_loadu_ps(pi), _mm256_set1_ps(m[i])));
-                const __m256 e1 = exp256(_mm256_sub_ps(_mm256_loadu_ps(pi + 8), _mm256_set1_ps(m[i])));
-                _mm256_storeu_ps(pi, e0);
-                _mm256_storeu_ps(pi + 8, e1);
-                for (int64_t j = valid; j < 16; j++) pi[j] = 0.0f;
-                for (int64_t j = 0; j < valid; j++) l[i] += pi[j];
+                const __m256 mi = _mm256_set1_ps(m[i]);
+                for (int64_t j = 0; j < 16 * nblk; j += 8) {  /* exp256 takes -inf (masked) to 0 */
+                    const __m256 e = exp256(_mm256_sub_ps(_mm256_load_ps(pi + j), mi));
+                    _mm256_store_ps(pi + j, e);
+                    l[i] = _mm256_add_ps(l[i], e);
+                }
             }
-            const int64_t send = lmax - s0 < 16 ? lmax - s0 : 16;
-            for (int64_t d = 0; d < nv; d++) {
+            int64_t d = 0;
+            for (; d + 2 <= nv; d += 2) {  /* two slices: 8 independent fma chains (one slice's 4 wait on latency) */
+                float *o = ob + 8 * d;
+                __m256 o0 = _mm256_load_ps(o), o1 = _mm256_load_ps(o + hd), o2 = _mm256_load_ps(o + 2 * hd), o3 = _mm256_load_ps(o + 3 * hd);
+                __m256 u0 = _mm256_load_ps(o + 8), u1 = _mm256_load_ps(o + hd + 8), u2 = _mm256_load_ps(o + 2 * hd + 8), u3 = _mm256_load_ps(o + 3 * hd + 8);
+                for (int64_t j = 0; j < send; j++) {
+                    const __m256 v0 = kv8(v, (s0 + j) * hd + 8 * d, kv_f16), v1 = kv8(v, (s0 + j) * hd + 8 * d + 8, kv_f16);
+                    __m256 pj = _mm256_set1_ps(p[j]);
+                    o0 = _mm256_fmadd_ps(pj, v0, o0); u0 = _mm256_fmadd_ps(pj, v1, u0);
+                    pj = _mm256_set1_ps(p[ATTN_SPAN + j]);
+                    o1 = _mm256_fmadd_ps(pj, v0, o1); u1 = _mm256_fmadd_ps(pj, v1, u1);
+                    pj = _mm256_set1_ps(p[2 * ATTN_SPAN + j]);
+                    o2 = _mm256_fmadd_ps(pj, v0, o2); u2 = _mm256_fmadd_ps(pj, v1, u2);
+                    pj = _mm256_set1_ps(p[3 * ATTN_SPAN + j]);
+                    o3 = _mm256_fmadd_ps(pj, v0, o3); u3 = _mm256_fmadd_ps(pj, v1, u3);
+                }
+                _mm256_store_ps(o, o0); _mm256_store_ps(o + hd, o1); _mm256_store_ps(o + 2 * hd, o2); _mm256_store_ps(o + 3 * hd, o3);
+                _mm256_store_ps(o + 8, u0); _mm256_store_ps(o + hd + 8, u1); _mm256_store_ps(o + 2 * hd + 8, u2); _mm256_store_ps(o + 3 * hd + 8, u3);
+            }
+            for (; d < nv; d++) {
                 __m256 o0 = _mm256_load_ps(ob + 8 * d), o1 = _mm256_load_ps(ob + hd + 8 * d);
                 __m256 o2 = _mm256_load_ps(ob + 2 * hd + 8 * d), o3 = _mm256_load_ps(ob + 3 * hd + 8 * d);
                 for (int64_t j = 0; j < send; j++) {
                     const __m256 vv = kv8(v, (s0 + j) * hd + 8 * d, kv_f16);
                     o0 = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), vv, o0);
-                    o1 = _mm256_fmadd_ps(_mm256_set1_ps(p[16 + j]), vv, o1);
-                    o2 = _mm256_fmadd_ps(_mm256_set1_ps(p[32 + j]), vv, o2);
-                    o3 = _mm256_fmadd_ps(_mm256_set1_ps(p[48 + j]), vv, o3);
+                    o1 = _mm256_fmadd_ps(_mm256_set1_ps(p[ATTN_SPAN + j]), vv, o1);
+                    o2 = _mm256_fmadd_ps(_mm256_set1_ps(p[2 * ATTN_SPAN + j]), vv, o2);
+                    o3 = _mm256_fmadd_ps(_mm256_set1_ps(p[3 * ATTN_SPAN + j]), vv, o3);
                 }
                 _mm256_store_ps(ob + 8 * d, o0);
                 _mm256_store_ps(ob + hd + 8 * d, o1);
@@ -740,7 +780,8 @@ static void attn_avx2(float *out, const float *q, int64_t R, const int64_t *limi
             }
         }
         for (int i = 0; i < rb; i++) {
-            const __m256 inv = _mm256_set1_ps(l[i] > 0.0f ? 1.0f / l[i] : 0.0f);
+            const float li = hsum8(l[i]);
+            const __m256 inv = _mm256_set1_ps(li > 0.0f ? 1.0f / li : 0.0f);
             for (int64_t d = 0; d < nv; d++)
                 _mm256_storeu_ps(out + (r0 + i) * hd + 8 * d, _mm256_mul_ps(_mm256_load_ps(ob + i * hd + 8 * d), inv));
         }
