@@ -287,54 +287,106 @@ static inline float32x4_t kv4(const void *base, int64_t i, int kv_f16) {
     return vld1q_f32((const float *)base + i);
 }
 
+/* e^x for x <= 88.37 (the polynomial of kernels_avx2.c's exp256); x <= -88, and -inf, give 0 */
+static inline float32x4_t exp4(float32x4_t x) {
+    x = vmaxq_f32(vminq_f32(x, vdupq_n_f32(88.3762626647949f)), vdupq_n_f32(-88.0f));
+    const float32x4_t n = vrndnq_f32(vmulq_n_f32(x, 1.44269504088896341f));
+    float32x4_t r = vfmsq_n_f32(x, n, 0.693359375f);
+    r = vfmsq_n_f32(r, n, -2.12194440e-4f);
+    float32x4_t p = vdupq_n_f32(1.9875691500E-4f);
+    p = vfmaq_f32(vdupq_n_f32(1.3981999507E-3f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(8.3334519073E-3f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(4.1665795894E-2f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(1.6666665459E-1f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(5.0000001201E-1f), p, r);
+    p = vfmaq_f32(vaddq_f32(r, vdupq_n_f32(1.0f)), p, vmulq_f32(r, r));
+    const int32x4_t e = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)), 23);
+    return vmulq_f32(p, vreinterpretq_f32_s32(e));
+}
+
 /* Rows in blocks of 4 (a GQA group at one query position, as kernels_avx2.c does), so each key and
- * value vector, converted from f16 once, serves four rows: per block of 16 positions the scores
- * (4 x 16) from the d-major key block, online softmax per row, then o += p V with the four rows'
- * accumulators in registers, one 4-float slice of hd at a time. A short block repeats its last row
- * (same limit), whose results are not stored. */
+ * value vector, converted from f16 once, serves four rows. Positions go in spans of 64 (four key
+ * blocks of 16), as in kernels_avx2.c: the scores (4 x 64) from the d-major key blocks, then per
+ * row one online-softmax step for the span (vector max, exp4, a vector running sum: the step per
+ * block of 16 had taken 16 scalar expf per row), then o += p V with 16 accumulators (4 rows x 4
+ * slices of 4 floats of hd: independent FMA chains enough to cover the FMA latency on cores with
+ * four FMA pipes). The span after next is prefetched, one line of keys and values per d. A short
+ * block repeats its last row (same limit), whose results are not stored. */
+#define ATTN_SPAN 64
+#define ATTN_AHEAD (2 * ATTN_SPAN)
 static void attn_neon(float *out, const float *q, int64_t R, const int64_t *limit, const void *kt,
                       const void *v, int64_t hd, float scale, int kv_f16, float *scratch) {
     if (hd % 4 || hd > 256) { attn_scalar(out, q, R, limit, kt, v, hd, scale, kv_f16, scratch); return; }
-    const int64_t nv = hd / 4;
-    float p[4][16], ob[4][256];
+    const int64_t nv = hd / 4, esz = kv_f16 ? 2 : 4;
+    float p[4][ATTN_SPAN], ob[4][256];
     for (int64_t r0 = 0; r0 < R; r0 += 4) {
         const float *qr[4];
         int64_t lim[4], lmax;
         const int rb = attn_rows4(qr, lim, &lmax, q, limit, R, r0, hd);
-        float m[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY}, l[4] = {0, 0, 0, 0};
+        float m[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+        float32x4_t l[4];
+        for (int i = 0; i < 4; i++) l[i] = vdupq_n_f32(0.0f);
         memset(ob, 0, sizeof ob);
-        for (int64_t s0 = 0; s0 < lmax; s0 += 16) {
-            const int64_t blk = s0 / 16;
-            float32x4_t sc[4][4];  /* row, 4 positions */
-            for (int i = 0; i < 4; i++)
-                for (int c = 0; c < 4; c++) sc[i][c] = vdupq_n_f32(0.0f);
-            for (int64_t d = 0; d < hd; d++) {
-                float32x4_t k[4];
-                for (int c = 0; c < 4; c++) k[c] = kv4(kt, (blk * hd + d) * 16 + 4 * c, kv_f16);
+        for (int64_t s0 = 0; s0 < lmax; s0 += ATTN_SPAN) {
+            const int64_t send = lmax - s0 < ATTN_SPAN ? lmax - s0 : ATTN_SPAN, nblk = (send + 15) / 16;
+            const char *pk = (const char *)kt + (s0 + ATTN_AHEAD) * hd * esz, *pv = (const char *)v + (s0 + ATTN_AHEAD) * hd * esz;
+            const int pf = s0 + ATTN_AHEAD < lmax;
+            for (int64_t b = 0; b < nblk; b++) {
+                const int64_t blk = s0 / 16 + b;
+                const char *fk = pk + b * 16 * hd * esz, *fv = pv + b * 16 * hd * esz;  /* 16 * esz bytes of each per d */
+                float32x4_t sc[4][4];  /* row, 4 positions */
+                for (int i = 0; i < 4; i++)
+                    for (int c = 0; c < 4; c++) sc[i][c] = vdupq_n_f32(0.0f);
+                for (int64_t d = 0; d < hd; d++) {
+                    if (pf && (d * 16 * esz) % 64 == 0) { __builtin_prefetch(fk + d * 16 * esz, 0, 2); __builtin_prefetch(fv + d * 16 * esz, 0, 2); }
+                    float32x4_t k[4];
+                    for (int c = 0; c < 4; c++) k[c] = kv4(kt, (blk * hd + d) * 16 + 4 * c, kv_f16);
+                    for (int i = 0; i < 4; i++) {
+                        const float qd = qr[i][d];
+                        for (int c = 0; c < 4; c++) sc[i][c] = vfmaq_n_f32(sc[i][c], k[c], qd);
+                    }
+                }
                 for (int i = 0; i < 4; i++) {
-                    const float qd = qr[i][d];
-                    for (int c = 0; c < 4; c++) sc[i][c] = vfmaq_n_f32(sc[i][c], k[c], qd);
+                    float *pi = p[i] + 16 * b;
+                    for (int c = 0; c < 4; c++) vst1q_f32(pi + 4 * c, vmulq_n_f32(sc[i][c], scale));
+                    for (int64_t j = lim[i] - s0 - 16 * b < 0 ? 0 : lim[i] - s0 - 16 * b; j < 16; j++) pi[j] = -INFINITY;  /* causal */
                 }
             }
             for (int i = 0; i < 4; i++) {
-                const int64_t valid = lim[i] - s0 < 16 ? lim[i] - s0 : 16;
-                if (valid <= 0) { memset(p[i], 0, sizeof p[i]); continue; }  /* causal: none of this block */
-                for (int c = 0; c < 4; c++) vst1q_f32(p[i] + 4 * c, vmulq_n_f32(sc[i][c], scale));
-                float bm = -INFINITY;
-                for (int64_t j = 0; j < valid; j++) bm = p[i][j] > bm ? p[i][j] : bm;
+                if (lim[i] <= s0) { memset(p[i], 0, sizeof p[i]); continue; }  /* sees none of the span */
+                float32x4_t mx = vld1q_f32(p[i]);
+                for (int64_t j = 4; j < 16 * nblk; j += 4) mx = vmaxq_f32(mx, vld1q_f32(p[i] + j));
+                const float bm = vmaxvq_f32(mx);
                 if (bm > m[i]) {
                     const float c = m[i] == -INFINITY ? 0.0f : expf(m[i] - bm);
-                    l[i] *= c;
+                    l[i] = vmulq_n_f32(l[i], c);
                     for (int64_t d = 0; d < nv; d++) vst1q_f32(ob[i] + 4 * d, vmulq_n_f32(vld1q_f32(ob[i] + 4 * d), c));
                     m[i] = bm;
                 }
-                for (int64_t j = 0; j < 16; j++) {
-                    p[i][j] = j < valid ? expf(p[i][j] - m[i]) : 0.0f;
-                    l[i] += p[i][j];
+                const float32x4_t mi = vdupq_n_f32(m[i]);
+                for (int64_t j = 0; j < 16 * nblk; j += 4) {  /* exp4 takes -inf (masked) to 0 */
+                    const float32x4_t e = exp4(vsubq_f32(vld1q_f32(p[i] + j), mi));
+                    vst1q_f32(p[i] + j, e);
+                    l[i] = vaddq_f32(l[i], e);
                 }
             }
-            const int64_t send = lmax - s0 < 16 ? lmax - s0 : 16;
-            for (int64_t d = 0; d < nv; d++) {
+            int64_t d = 0;
+            for (; d + 4 <= nv; d += 4) {  /* 4 slices x 4 rows: 16 independent fma chains */
+                float32x4_t o[4][4];
+                for (int i = 0; i < 4; i++)
+                    for (int c = 0; c < 4; c++) o[i][c] = vld1q_f32(ob[i] + 4 * (d + c));
+                for (int64_t j = 0; j < send; j++) {
+                    float32x4_t vv[4];
+                    for (int c = 0; c < 4; c++) vv[c] = kv4(v, (s0 + j) * hd + 4 * (d + c), kv_f16);
+                    for (int i = 0; i < 4; i++) {
+                        const float pj = p[i][j];
+                        for (int c = 0; c < 4; c++) o[i][c] = vfmaq_n_f32(o[i][c], vv[c], pj);
+                    }
+                }
+                for (int i = 0; i < 4; i++)
+                    for (int c = 0; c < 4; c++) vst1q_f32(ob[i] + 4 * (d + c), o[i][c]);
+            }
+            for (; d < nv; d++) {
                 float32x4_t o0 = vld1q_f32(ob[0] + 4 * d), o1 = vld1q_f32(ob[1] + 4 * d);
                 float32x4_t o2 = vld1q_f32(ob[2] + 4 * d), o3 = vld1q_f32(ob[3] + 4 * d);
                 for (int64_t j = 0; j < send; j++) {
@@ -351,7 +403,7 @@ static void attn_neon(float *out, const float *q, int64_t R, const int64_t *limi
             }
         }
         for (int i = 0; i < rb; i++) {
-            const float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;
+            const float li = vaddvq_f32(l[i]), inv = li > 0.0f ? 1.0f / li : 0.0f;
             for (int64_t d = 0; d < nv; d++) vst1q_f32(out + (r0 + i) * hd + 4 * d, vmulq_n_f32(vld1q_f32(ob[i] + 4 * d), inv));
         }
     }
