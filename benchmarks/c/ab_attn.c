@@ -11,24 +11,23 @@
  *     /tmp/k512.o /tmp/vnni.o /tmp/old.o -o /tmp/ab_attn -lm
  *   /tmp/ab_attn S [HKV=8] [ROUNDS=15]
  */
-#ifndef AB_NEW
-#define AB_NEW kernels_avx2
-#define AB_OLD kernels_avx2_old
-#endif
-#include <math.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
-#include "kernels.h"
-extern const Kernels AB_OLD;
-static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
-static int cmp(const void *a, const void *b) { double x = *(double *)a, y = *(double *)b; return x < y ? -1 : x > y; }
+#include "ab.h"
+
+#define SCALE 0.125f  /* 1 / sqrt(hd) */
+
+typedef struct { float *out, *q, *scr; const int64_t *lim; const uint16_t *kt, *v; int64_t hkv, cap, hd, R; } Job;
+
+static void once(const Kernels *k, void *arg) {  /* the HKV heads of one decoded token, one after another */
+    const Job *j = arg;
+    for (int64_t h = 0; h < j->hkv; h++)
+        k->attn(j->out + h * j->R * j->hd, j->q + h * j->R * j->hd, j->R, j->lim, j->kt + h * j->cap * j->hd,
+                j->v + h * j->cap * j->hd, j->hd, SCALE, 1, j->scr);
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) { fprintf(stderr, "usage: ab_attn S [HKV] [ROUNDS]\n"); return 1; }
     const int64_t S = atoll(argv[1]), hkv = argc > 2 ? atoll(argv[2]) : 8, hd = 64, R = 4;
-    int rounds = argc > 3 ? atoi(argv[3]) : 15;
-    rounds = rounds < 1 ? 1 : rounds > 64 ? 64 : rounds;
+    const int rounds = ab_rounds(argc, argv, 3);
     if (S < 1 || hkv < 1) { fprintf(stderr, "need S, HKV >= 1\n"); return 1; }
     const int64_t cap = (S + 15) / 16 * 16;
     uint16_t *kt = malloc((size_t)(hkv * cap * hd) * 2), *v = malloc((size_t)(hkv * cap * hd) * 2);
@@ -41,31 +40,19 @@ int main(int argc, char **argv) {
     int64_t lim[4] = {S, S, S, S};
     float *scr = malloc(attn_scratch_floats(R, hd) * 4);
     const Kernels *ks[2] = {&AB_OLD, &AB_NEW};
-    const float scale = 1.0f / 8.0f;
     for (int64_t h = 0; h < hkv; h++)
-        kernels_scalar.attn(ref + h * R * hd, q + h * R * hd, R, lim, kt + h * cap * hd, v + h * cap * hd, hd, scale, 1, scr);
+        kernels_scalar.attn(ref + h * R * hd, q + h * R * hd, R, lim, kt + h * cap * hd, v + h * cap * hd, hd, SCALE, 1, scr);
+    Job job = {out, q, scr, lim, kt, v, hkv, cap, hd, R};
     for (int k = 0; k < 2; k++) {
-        for (int64_t h = 0; h < hkv; h++)
-            ks[k]->attn(out + h * R * hd, q + h * R * hd, R, lim, kt + h * cap * hd, v + h * cap * hd, hd, scale, 1, scr);
+        once(ks[k], &job);
         double md = 0;
         for (int64_t i = 0; i < hkv * R * hd; i++) md = fmax(md, fabs((double)out[i] - ref[i]));
         printf("%s max|diff| %.2g\n", k ? "new" : "old", md);
     }
     const double bytes = 4.0 * (double)(hkv * S * hd);
     const int reps = (int)(4e8 / bytes) + 1;
-    double r[2][64];
-    for (int it = 0; it < rounds; it++)
-        for (int k = 0; k < 2; k++) {
-            const double t0 = now();
-            for (int rep = 0; rep < reps; rep++)
-                for (int64_t h = 0; h < hkv; h++)
-                    ks[k]->attn(out + h * R * hd, q + h * R * hd, R, lim, kt + h * cap * hd, v + h * cap * hd, hd, scale, 1, scr);
-            r[k][it] = bytes * reps / (now() - t0) / 1e9;
-        }
-    for (int k = 0; k < 2; k++) {
-        qsort(r[k], rounds, sizeof(double), cmp);
-        printf("%s: median %.2f best %.2f GB/s (%.0f us per call of %lld heads)\n", k ? "new" : "old", r[k][rounds / 2],
-               r[k][rounds - 1], bytes / r[k][rounds / 2] / 1e3, (long long)hkv);
-    }
+    double median[2];
+    ab_run(once, &job, reps, rounds, bytes, "GB/s of cache read", median);
+    for (int k = 0; k < 2; k++) printf("%s: %.0f us per call of %lld heads\n", k ? "new" : "old", bytes / median[k] / 1e3, (long long)hkv);
     return 0;
 }

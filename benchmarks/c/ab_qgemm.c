@@ -16,24 +16,20 @@
  * are, and this file with -DAB_NEW=kernels_avx512vnni_gfni -DAB_OLD=kernels_avx512vnni_gfni_old; AVX-VNNI
  * against AVX2, both from the working tree: -DAB_NEW=kernels_avxvnni -DAB_OLD=kernels_avx2.
  */
-#ifndef AB_NEW
-#define AB_NEW kernels_avx2
-#define AB_OLD kernels_avx2_old
-#endif
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
-#include "kernels.h"
-extern const Kernels AB_OLD;
-static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
-static int cmp(const void *a, const void *b) { double x = *(double *)a, y = *(double *)b; return x < y ? -1 : x > y; }
+#include "ab.h"
+
+typedef struct { const QMat *w; const ActLayout *L; uint8_t *act[2], *scr; float *y; int64_t T; } Job;
+
+static void once(const Kernels *k, void *arg) {
+    const Job *j = arg;
+    k->qgemm(j->y, j->w->n, j->w, j->L, j->act[k == &AB_NEW], j->T, 0, j->w->n, j->scr);
+}
+
 int main(int argc, char **argv) {
     if (argc < 4) { fprintf(stderr, "usage: ab_qgemm N K T [int4|int8] [ROUNDS]\n"); return 1; }
     const int64_t N = atoll(argv[1]), K = atoll(argv[2]), T = atoll(argv[3]);
     const int fmt = argc > 4 && !strcmp(argv[4], "int8") ? FMT_INT8 : FMT_INT4;
-    int rounds = argc > 5 ? atoi(argv[5]) : 15;
-    rounds = rounds < 1 ? 1 : rounds > 64 ? 64 : rounds;
+    const int rounds = ab_rounds(argc, argv, 5);
     if (K % 32 || N < 1 || T < 1) { fprintf(stderr, "need K a multiple of 32, N and T >= 1\n"); return 1; }
     QMat w; memset(&w, 0, sizeof w);
     w.n = N; w.k = w.kp = K; w.group = 32; w.ng = K / 32; w.fmt = fmt; w.row_bytes = fmt == FMT_INT4 ? K / 2 : K;
@@ -58,16 +54,8 @@ int main(int argc, char **argv) {
         printf("%s max|diff| %.2g\n", v ? "new" : "old", md);
     }
     const int reps = (int)(3e8 / (double)(N * K * T)) + 1;
-    double r[2][64];
-    for (int it = 0; it < rounds; it++)
-        for (int v = 0; v < 2; v++) {
-            const double t0 = now();
-            for (int q = 0; q < reps; q++) ks[v]->qgemm(y, N, &w, &L, act[v], T, 0, N, scr);
-            r[v][it] = (double)(N * K * T) * reps / (now() - t0) / 1e9;
-        }
-    for (int v = 0; v < 2; v++) {
-        qsort(r[v], rounds, sizeof(double), cmp);
-        printf("%s: median %.1f best %.1f GMAC/s\n", v ? "new" : "old", r[v][rounds / 2], r[v][rounds - 1]);
-    }
+    Job job = {&w, &L, {act[0], act[1]}, scr, y, T};
+    double median[2];
+    ab_run(once, &job, reps, rounds, (double)(N * K * T), "GMAC/s", median);
     return 0;
 }

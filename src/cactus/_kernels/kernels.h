@@ -123,6 +123,31 @@ extern const Kernels kernels_avx512vnni_gfni;
 extern const Kernels kernels_neon;
 #endif
 
+/* Attention spans (AVX2, NEON): positions go ATTN_SPAN at a time through one online-softmax step,
+ * and the span ATTN_AHEAD positions further is fetched into L2 while the scores run: for key block
+ * b of the span, its keys and value rows, 16 * esz bytes of each per d (a line every 64 bytes).
+ * No prefetch (k == NULL) where that span starts at or past lmax. */
+#define ATTN_SPAN 64
+#define ATTN_AHEAD (2 * ATTN_SPAN)
+typedef struct { const char *k, *v; int64_t esz; } AttnAhead;
+
+static inline AttnAhead attn_ahead(const void *kt, const void *v, int64_t s0, int64_t b, int64_t lmax, int64_t hd,
+                                   int64_t esz) {
+    if (s0 + ATTN_AHEAD >= lmax) return (AttnAhead){NULL, NULL, esz};
+    const int64_t off = (s0 + ATTN_AHEAD + ATTN_BLOCK * b) * hd * esz;
+    return (AttnAhead){(const char *)kt + off, (const char *)v + off, esz};
+}
+
+static inline void attn_ahead_step(const AttnAhead *a, int64_t d) {
+    const int64_t o = d * ATTN_BLOCK * a->esz;
+    if (a->k && o % 64 == 0) { prefetch_l2(a->k + o); prefetch_l2(a->v + o); }
+}
+
+/* Causal: scores of a key block from position `visible` on (relative to the block) get no weight. */
+static inline void attn_mask_block(float *p, int64_t visible) {
+    for (int64_t j = visible < 0 ? 0 : visible; j < ATTN_BLOCK; j++) p[j] = -__builtin_inff();
+}
+
 /* Attention takes query rows 4 at a time (a GQA group at one position): the rows r0.. of R, their
  * query vectors and limits, a short block repeating its last row (its results are not stored).
  * Returns how many rows are real; *lmax = the largest limit. */

@@ -677,10 +677,6 @@ static inline __m256 kv8(const void *base, int64_t i, int kv_f16) {
  * block's multiply-adds. The span after next is prefetched into L2 during the scores: long
  * contexts read the cache from DRAM. A short block repeats its last row (same limit), whose
  * results are not stored. */
-#define ATTN_SPAN 64
-#ifndef ATTN_AHEAD
-#define ATTN_AHEAD (2 * ATTN_SPAN)  /* positions */
-#endif
 static void attn_avx2(float *out, const float *q, int64_t R, const int64_t *limit, const void *kt,
                       const void *v, int64_t hd, float scale, int kv_f16, float *scratch) {
     if (hd % 8 || hd > 256) { attn_scalar(out, q, R, limit, kt, v, hd, scale, kv_f16, scratch); return; }
@@ -697,15 +693,12 @@ static void attn_avx2(float *out, const float *q, int64_t R, const int64_t *limi
         memset(ob, 0, (size_t)(4 * hd) * 4);
         for (int64_t s0 = 0; s0 < lmax; s0 += ATTN_SPAN) {
             const int64_t send = lmax - s0 < ATTN_SPAN ? lmax - s0 : ATTN_SPAN, nblk = (send + 15) / 16;
-            /* the span after next: its key blocks and value rows, one line of each per d below */
-            const char *pk = (const char *)kt + (s0 + ATTN_AHEAD) * hd * esz, *pv = (const char *)v + (s0 + ATTN_AHEAD) * hd * esz;
-            const int pf = s0 + ATTN_AHEAD < lmax;
             for (int64_t b = 0; b < nblk; b++) {
                 const int64_t blk = s0 / 16 + b;
                 __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-                const char *fk = pk + b * 16 * hd * esz, *fv = pv + b * 16 * hd * esz;  /* 16 * esz bytes of each per d */
+                const AttnAhead ah = attn_ahead(kt, v, s0, b, lmax, hd, esz);
                 for (int64_t d = 0; d < hd; d++) {
-                    if (pf && (d * 16 * esz) % 64 == 0) { prefetch_l2(fk + d * 16 * esz); prefetch_l2(fv + d * 16 * esz); }
+                    attn_ahead_step(&ah, d);
                     const __m256 k0 = kv8(kt, (blk * hd + d) * 16, kv_f16), k1 = kv8(kt, (blk * hd + d) * 16 + 8, kv_f16);
                     __m256 qd = _mm256_set1_ps(qr[0][d]);
                     a0 = _mm256_fmadd_ps(qd, k0, a0); b0 = _mm256_fmadd_ps(qd, k1, b0);
@@ -721,7 +714,7 @@ static void attn_avx2(float *out, const float *q, int64_t R, const int64_t *limi
                     float *pi = p + ATTN_SPAN * i + 16 * b;
                     _mm256_store_ps(pi, _mm256_mul_ps(lo[i], sc));
                     _mm256_store_ps(pi + 8, _mm256_mul_ps(hi[i], sc));
-                    for (int64_t j = lim[i] - s0 - 16 * b < 0 ? 0 : lim[i] - s0 - 16 * b; j < 16; j++) pi[j] = -INFINITY;  /* causal */
+                    attn_mask_block(pi, lim[i] - s0 - 16 * b);
                 }
             }
             for (int i = 0; i < 4; i++) {

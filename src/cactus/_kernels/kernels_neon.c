@@ -312,8 +312,6 @@ static inline float32x4_t exp4(float32x4_t x) {
  * slices of 4 floats of hd: independent FMA chains enough to cover the FMA latency on cores with
  * four FMA pipes). The span after next is prefetched, one line of keys and values per d. A short
  * block repeats its last row (same limit), whose results are not stored. */
-#define ATTN_SPAN 64
-#define ATTN_AHEAD (2 * ATTN_SPAN)
 static void attn_neon(float *out, const float *q, int64_t R, const int64_t *limit, const void *kt,
                       const void *v, int64_t hd, float scale, int kv_f16, float *scratch) {
     if (hd % 4 || hd > 256) { attn_scalar(out, q, R, limit, kt, v, hd, scale, kv_f16, scratch); return; }
@@ -329,16 +327,14 @@ static void attn_neon(float *out, const float *q, int64_t R, const int64_t *limi
         memset(ob, 0, sizeof ob);
         for (int64_t s0 = 0; s0 < lmax; s0 += ATTN_SPAN) {
             const int64_t send = lmax - s0 < ATTN_SPAN ? lmax - s0 : ATTN_SPAN, nblk = (send + 15) / 16;
-            const char *pk = (const char *)kt + (s0 + ATTN_AHEAD) * hd * esz, *pv = (const char *)v + (s0 + ATTN_AHEAD) * hd * esz;
-            const int pf = s0 + ATTN_AHEAD < lmax;
             for (int64_t b = 0; b < nblk; b++) {
                 const int64_t blk = s0 / 16 + b;
-                const char *fk = pk + b * 16 * hd * esz, *fv = pv + b * 16 * hd * esz;  /* 16 * esz bytes of each per d */
+                const AttnAhead ah = attn_ahead(kt, v, s0, b, lmax, hd, esz);
                 float32x4_t sc[4][4];  /* row, 4 positions */
                 for (int i = 0; i < 4; i++)
                     for (int c = 0; c < 4; c++) sc[i][c] = vdupq_n_f32(0.0f);
                 for (int64_t d = 0; d < hd; d++) {
-                    if (pf && (d * 16 * esz) % 64 == 0) { __builtin_prefetch(fk + d * 16 * esz, 0, 2); __builtin_prefetch(fv + d * 16 * esz, 0, 2); }
+                    attn_ahead_step(&ah, d);
                     float32x4_t k[4];
                     for (int c = 0; c < 4; c++) k[c] = kv4(kt, (blk * hd + d) * 16 + 4 * c, kv_f16);
                     for (int i = 0; i < 4; i++) {
@@ -349,7 +345,7 @@ static void attn_neon(float *out, const float *q, int64_t R, const int64_t *limi
                 for (int i = 0; i < 4; i++) {
                     float *pi = p[i] + 16 * b;
                     for (int c = 0; c < 4; c++) vst1q_f32(pi + 4 * c, vmulq_n_f32(sc[i][c], scale));
-                    for (int64_t j = lim[i] - s0 - 16 * b < 0 ? 0 : lim[i] - s0 - 16 * b; j < 16; j++) pi[j] = -INFINITY;  /* causal */
+                    attn_mask_block(pi, lim[i] - s0 - 16 * b);
                 }
             }
             for (int i = 0; i < 4; i++) {

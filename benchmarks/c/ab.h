@@ -1,0 +1,43 @@
+/* The round-by-round A/B of two builds of one kernel table in one process, shared by ab_qgemm.c and
+ * ab_attn.c (this machine's speed drifts by 15 % within minutes, so runs of one build and then the
+ * other mislead): AB_NEW, the table from the working tree, against AB_OLD, the same file compiled at
+ * another commit under another name (build lines in each file's header). */
+#ifndef AB_NEW
+#define AB_NEW kernels_avx2
+#define AB_OLD kernels_avx2_old
+#endif
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include "kernels.h"
+extern const Kernels AB_OLD;
+
+static double ab_now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
+static int ab_cmp(const void *a, const void *b) { double x = *(const double *)a, y = *(const double *)b; return x < y ? -1 : x > y; }
+
+/* The rounds argument (default 15), kept to 1..64. */
+static int ab_rounds(int argc, char **argv, int at) {
+    const int r = argc > at ? atoi(argv[at]) : 15;
+    return r < 1 ? 1 : r > 64 ? 64 : r;
+}
+
+/* once(k, arg) `reps` times per round, the two tables alternated, `rounds` rounds; prints each table's
+ * median and best rate (work units of one call, in 1e9 per second) and returns the medians. */
+static void ab_run(void (*once)(const Kernels *, void *), void *arg, int reps, int rounds, double work,
+                   const char *unit, double median[2]) {
+    const Kernels *ks[2] = {&AB_OLD, &AB_NEW};
+    double r[2][64];
+    for (int it = 0; it < rounds; it++)
+        for (int v = 0; v < 2; v++) {
+            const double t0 = ab_now();
+            for (int q = 0; q < reps; q++) once(ks[v], arg);
+            r[v][it] = work * reps / (ab_now() - t0) / 1e9;
+        }
+    for (int v = 0; v < 2; v++) {
+        qsort(r[v], (size_t)rounds, sizeof(double), ab_cmp);
+        median[v] = r[v][rounds / 2];
+        printf("%s: median %.2f best %.2f %s\n", v ? "new" : "old", median[v], r[v][rounds - 1], unit);
+    }
+}
