@@ -279,7 +279,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quant", default="int4", choices=["int4", "int8", "f16", "bf16", "f32"])
     p.add_argument("--prompt", type=_count, default=512, help="prompt tokens (default 512)")
     p.add_argument("--gen", type=_count, default=64, help="decoded tokens (default 64)")
-    p.add_argument("--threads", type=_count, help="kernel threads (default: CACTUS_THREADS or physical cores)")
+    p.add_argument("--threads", type=_count, help="kernel threads (default: CACTUS_THREADS or fast physical cores)")
     p.add_argument("--runs", type=_count, default=3, help="runs; medians are reported (default 3)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p

@@ -4,7 +4,8 @@ D hidden, H heads, Hkv KV heads, hd head dim, E experts, A active experts per to
 Every op has a short numpy definition (`*_ref`, the reference the tests hold the C kernels to) and
 the C kernel (cactus._kernels) that runs by default. `CACTUS_ISA=ref` runs the references;
 `CACTUS_ISA=scalar|avx2|avxvnni|avx512|neon` forces a kernel level; `with ops.use("avx2"):` does the same
-for a block. `CACTUS_THREADS` / `set_threads` sets the kernel threads (default: physical cores).
+for a block. `CACTUS_THREADS` / `set_threads` sets the kernel threads (default: one per physical core
+of the fastest kind, cpus.py).
 Weights arrive as QTensor mmap views; the kernels read them in place.
 """
 
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from . import cpus
 from .quant import QTensor
 
 # ============================================================================ references
@@ -168,22 +170,15 @@ def _lib():
         isa = os.environ.get("CACTUS_ISA", "").strip().lower()
         if isa and isa != "ref":
             k.set_isa(isa)  # ValueError names an ISA this CPU cannot run
-        k.set_threads(int(os.environ.get("CACTUS_THREADS") or default_threads()))
+        order, n = cpus.plan()
+        k.set_threads(int(os.environ.get("CACTUS_THREADS") or n), order)
         _k = None if isa == "ref" else k
     return _k
 
 
 def default_threads() -> int:
-    """Physical cores this process may run on (SMT siblings count once)."""
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
-    cores = set()
-    for c in cpus:
-        try:
-            base = f"/sys/devices/system/cpu/cpu{c}/topology/"
-            cores.add((open(base + "physical_package_id").read().strip(), open(base + "core_id").read().strip()))
-        except OSError:
-            cores.add(c)
-    return max(1, len(cores))
+    """One per physical core of the fastest kind this process may run on (cpus.py)."""
+    return cpus.plan()[1]
 
 
 def isa() -> str:
@@ -228,7 +223,8 @@ def _ext():
 
 
 def set_threads(n: int) -> None:
-    _ext().set_threads(int(n))
+    """n kernel threads (the caller and n - 1 workers), workers pinned as cpus.plan orders them."""
+    _ext().set_threads(int(n), cpus.plan()[0])
 
 
 def set_prefetch(l2_bytes: int, l1_bytes: int) -> tuple[int, int]:

@@ -150,7 +150,7 @@ int main(void) {
     }
     /* the driver end to end on the best table with two threads: linear twice (pool reuse) */
     Arena arena = {NULL, 0, ATOMIC_FLAG_INIT};
-    Ctx c = {kernels_best(), pool_new(2), &arena};
+    Ctx c = {kernels_best(), pool_new(2, NULL, 0), &arena};
     Owned w = make_weight(FMT_INT4, 70, 96, 32);
     float x[3 * 96], y[3 * 70], ref[3 * 70];
     for (int i = 0; i < 3 * 96; i++) x[i] = frand();

@@ -19,6 +19,7 @@ static Ctx ctx;
 static Arena arena = {NULL, 0, ATOMIC_FLAG_INIT};
 static pid_t ctx_pid;
 static int n_threads = 1;
+static int pin_cpus[256], n_pin_cpus;  /* set_threads' CPU order (pool.h: pool_new) */
 static int profiling;
 static long long prof_ns, prof_calls;
 
@@ -30,7 +31,7 @@ static long long now_ns(void) {
 
 static int ensure_pool(void) {
     if (ctx.pool && ctx_pid == getpid()) return 0;
-    ctx.pool = pool_new(n_threads);  /* after fork the old pool's threads are gone: start anew */
+    ctx.pool = pool_new(n_threads, pin_cpus, n_pin_cpus);  /* after fork the old pool's threads are gone: start anew */
     ctx_pid = getpid();
     if (!ctx.pool) { PyErr_NoMemory(); return -1; }
     return 0;
@@ -741,12 +742,27 @@ static PyObject *py_supported(PyObject *self, PyObject *unused) {
     return out;
 }
 
-static PyObject *py_set_threads(PyObject *self, PyObject *arg) {
-    long n = PyLong_AsLong(arg);
-    if (n == -1 && PyErr_Occurred()) return NULL;
+static PyObject *py_set_threads(PyObject *self, PyObject *args) {
+    long n;
+    PyObject *cpus = NULL;
+    if (!PyArg_ParseTuple(args, "l|O", &n, &cpus)) return NULL;
     if (n < 1 || n > 256) return PyErr_Format(PyExc_ValueError, "threads must be in 1..256, got %ld", n);
+    int order[256], norder = 0;
+    if (cpus && cpus != Py_None) {
+        PyObject *seq = PySequence_Fast(cpus, "cpus must be a sequence of CPU numbers");
+        if (!seq) return NULL;
+        for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq) && norder < 256; i++) {
+            long c = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
+            if (c == -1 && PyErr_Occurred()) { Py_DECREF(seq); return NULL; }
+            if (c < 0 || c > 65535) { Py_DECREF(seq); return PyErr_Format(PyExc_ValueError, "CPU number %ld out of range", c); }
+            order[norder++] = (int)c;
+        }
+        Py_DECREF(seq);
+    }
     Pool *old = ctx.pool;
     n_threads = (int)n;
+    memcpy(pin_cpus, order, (size_t)norder * sizeof *order);
+    n_pin_cpus = norder;
     ctx.pool = NULL;
     if (old && ctx_pid == getpid()) {
         Py_BEGIN_ALLOW_THREADS pool_free(old); Py_END_ALLOW_THREADS
@@ -818,7 +834,7 @@ static PyMethodDef methods[] = {
     {"set_isa", py_set_isa, METH_O, "set_isa(name): use this kernel level"},
     {"isa", py_isa, METH_NOARGS, "the kernel level in use"},
     {"supported", py_supported, METH_NOARGS, "kernel levels this CPU runs"},
-    {"set_threads", py_set_threads, METH_O, "set_threads(n)"},
+    {"set_threads", py_set_threads, METH_VARARGS, "set_threads(n, cpus=None): n kernel threads, workers pinned in the order of cpus"},
     {"threads", py_threads, METH_NOARGS, "threads in use"},
     {"set_prefetch", (PyCFunction)(void (*)(void))py_set_prefetch, METH_FASTCALL, "set_prefetch(l2_bytes, l1_bytes) -> previous"},
     {"pool_stats", py_pool_stats, METH_NOARGS, "(jobs run on several threads, jobs run on the caller alone)"},

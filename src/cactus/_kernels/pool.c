@@ -24,7 +24,8 @@
 #define MAX_THREADS 256
 
 struct Pool {
-    int n;
+    int n, ncpus;
+    int cpus[MAX_THREADS];  /* where workers are pinned (pin) */
     pthread_t threads[MAX_THREADS];
     pthread_mutex_t mu, run;
     pthread_cond_t cv;
@@ -61,30 +62,31 @@ static long now_ns(void) {
     return ts.tv_sec * 1000000000L + ts.tv_nsec;
 }
 
-/* Pin worker i to the i-th CPU this process may use (the caller keeps the first one), so two
- * spinning threads never share a core while other processes load the machine. */
-static void pin(int i) {
+/* Pin worker i to cpus[i % ncpus] (the caller, thread 0, is not pinned): the order the caller
+ * gave, one CPU per fast physical core first (cpus.py); with no list, the i-th CPU this process
+ * may use. So two spinning threads never share a core while other processes load the machine. */
+static void pin(const Pool *p, int i) {
 #if defined(__linux__)
     cpu_set_t allowed, one;
     if (sched_getaffinity(0, sizeof allowed, &allowed)) return;
     if (CPU_COUNT(&allowed) < 2) return;
-    for (int c = 0, k = 0; c < CPU_SETSIZE; c++) {
-        if (!CPU_ISSET(c, &allowed)) continue;
-        if (k++ == i % CPU_COUNT(&allowed)) {
-            CPU_ZERO(&one);
-            CPU_SET(c, &one);
-            pthread_setaffinity_np(pthread_self(), sizeof one, &one);
-            return;
-        }
+    CPU_ZERO(&one);
+    if (p->ncpus > 0) {
+        if (p->cpus[i % p->ncpus] >= CPU_SETSIZE) return;
+        CPU_SET(p->cpus[i % p->ncpus], &one);
+    } else {
+        for (int c = 0, k = 0; c < CPU_SETSIZE; c++)
+            if (CPU_ISSET(c, &allowed) && k++ == i % CPU_COUNT(&allowed)) { CPU_SET(c, &one); break; }
     }
+    if (CPU_COUNT(&one)) pthread_setaffinity_np(pthread_self(), sizeof one, &one);  /* ignored if not allowed */
 #else
-    (void)i;
+    (void)p; (void)i;
 #endif
 }
 
 static void *worker(void *raw) {
     Pool *p = ((Start *)raw)->p;
-    pin(((Start *)raw)->tid);
+    pin(p, ((Start *)raw)->tid);
     free(raw);
     long seen = 0;
     for (;;) {
@@ -111,12 +113,14 @@ static void *worker(void *raw) {
     }
 }
 
-Pool *pool_new(int n) {
+Pool *pool_new(int n, const int *cpus, int ncpus) {
     if (n < 1) n = 1;
     if (n > MAX_THREADS) n = MAX_THREADS;
     Pool *p = calloc(1, sizeof *p);
     if (!p) return NULL;
     p->n = 1;
+    for (int i = 0; i < ncpus && i < MAX_THREADS; i++)
+        if (cpus[i] >= 0) p->cpus[p->ncpus++] = cpus[i];
     pthread_mutex_init(&p->mu, NULL);
     pthread_mutex_init(&p->run, NULL);
     pthread_cond_init(&p->cv, NULL);

@@ -12,7 +12,8 @@
 typedef void (*pool_fn)(void *arg, int tid);
 typedef struct Pool Pool;
 
-Pool *pool_new(int nthreads);              /* NULL on failure */
+/* NULL on failure. Worker i is pinned to cpus[i % ncpus] (Linux; ncpus = 0: the i-th CPU allowed). */
+Pool *pool_new(int nthreads, const int *cpus, int ncpus);
 void pool_free(Pool *p);
 int pool_size(const Pool *p);              /* upper bound on tid + 1 */
 #define POOL_KINDS 16
