@@ -10,6 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from chat_helpers import ScriptedModel, convert_chat_model
 
@@ -276,6 +277,34 @@ def test_bench_synthetic_tiny_reports_speed_memory_and_bandwidth(tmp_path):
                 "bw_gbs", "prefill_gmacs", "prefill_pct_of_compute"):
         assert result[key] > 0, key
     assert (tmp_path / "synthetic" / "tiny-int4" / "model.safetensors").is_file()
+
+
+def test_bench_says_when_the_os_does_not_tell_private_memory(monkeypatch):
+    # macOS reads phys_footprint; an OS with neither it nor /proc gets "not available", never "0 MB"
+    from cactus import bench, memory
+
+    monkeypatch.setattr(memory, "private_bytes", lambda: None)
+    monkeypatch.setattr(memory, "peak_private_bytes", lambda: None)
+    monkeypatch.setattr(memory, "shmem_bytes", lambda: None)
+    with bench.AnonSampler() as s:
+        pass
+    assert s.peak is None and s.peak_shmem is None
+    r = {"peak_anon_rss_mb": bench._mb(s.peak), "peak_shmem_rss_mb": None, "anon_rss_source": None}
+    assert bench._anon_line(r) == "not available on this OS"
+    r = {"peak_anon_rss_mb": 181.4, "peak_shmem_rss_mb": None, "anon_rss_source": "phys_footprint"}
+    assert bench._anon_line(r) == "181 MB (phys_footprint)"
+
+
+def test_memory_readings_are_consistent():
+    from cactus import memory
+
+    rss, peak, private = memory.rss_bytes(), memory.peak_rss_bytes(), memory.private_bytes()
+    assert 0 < rss <= peak
+    if memory.LINUX:
+        assert private is not None and 0 < private <= rss
+        x = np.ones(64 << 20, np.uint8)  # 64 MiB touched: private memory grows by it
+        assert memory.private_bytes() >= private + 60 * 2**20
+        del x
 
 
 def test_bench_counts_a_prompt_tokens_multiply_adds_from_the_config(tmp_path):

@@ -7,16 +7,14 @@ every other response field present.
 
 from __future__ import annotations
 
-import ctypes
 import json
-import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import memory
 from .chat import ChatTemplate
 from .generate import Finish, Session, Token, eos_ids, generate
 from .sampling import SamplingOptions
@@ -198,49 +196,7 @@ def _model(handle: Any) -> Model:
 
 def ram_usage_mb() -> float:
     """Current resident set size of this process in MB (not the peak)."""
-    return round(_rss_bytes() / 2**20, 3)
-
-
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:  # Linux: pages; second field is resident
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        pass
-    if sys.platform == "darwin":
-        try:
-            return _mach_resident_bytes()
-        except Exception:
-            pass
-    import resource  # last resort: the peak, which is >= current
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
-
-
-class _TimeValue(ctypes.Structure):
-    _fields_ = [("seconds", ctypes.c_int), ("microseconds", ctypes.c_int)]
-
-
-class _MachTaskBasicInfo(ctypes.Structure):  # <mach/task_info.h>, packed to 4 bytes
-    _pack_ = 4
-    _fields_ = [("virtual_size", ctypes.c_uint64), ("resident_size", ctypes.c_uint64),
-                ("resident_size_max", ctypes.c_uint64),
-                ("user_time", _TimeValue), ("system_time", _TimeValue),
-                ("policy", ctypes.c_int), ("suspend_count", ctypes.c_int)]
-
-
-def _mach_resident_bytes() -> int:
-    """macOS: task_info(mach_task_self(), MACH_TASK_BASIC_INFO).resident_size."""
-    libc = ctypes.CDLL("/usr/lib/libSystem.B.dylib")
-    task = ctypes.c_uint32.in_dll(libc, "mach_task_self_")  # mach_task_self() is a macro for this
-    info = _MachTaskBasicInfo()
-    count = ctypes.c_uint32(ctypes.sizeof(info) // 4)
-    mach_task_basic_info = 20
-    kr = libc.task_info(task, mach_task_basic_info, ctypes.byref(info), ctypes.byref(count))
-    if kr != 0:
-        raise OSError(f"task_info failed ({kr})")
-    return int(info.resident_size)
+    return round(memory.rss_bytes() / 2**20, 3)
 
 
 def _read_json(path: Path) -> dict:

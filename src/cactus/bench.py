@@ -8,8 +8,9 @@ Effective weight bandwidth = bytes of weights read per decoded token (active exp
 the dense parts and the LM head) x decode tok/s. Memory bandwidth is measured in a child process
 (so its buffer never shows in our RSS) just before and just after every decode run, and each run's
 effective bandwidth is read against the mean of the two: machines like this one move between
-bandwidth levels within seconds, so only neighbouring measurements compare. Peak anonymous RSS is sampled from
-/proc/self/status (RssAnon; mmap'ed weights count as RssFile, not anonymous); peak RSS is VmHWM.
+bandwidth levels within seconds, so only neighbouring measurements compare. Peak anonymous RSS is the
+process's own memory, sampled (memory.py: RssAnon on Linux, where mmap'ed weights count as RssFile;
+phys_footprint on macOS); peak RSS includes the weights' resident pages.
 Python overhead = decode wall time minus time inside kernels (counted by the binding).
 Prefill is bound by compute, so its yardstick is the kernels' own rate on a matrix in cache (the
 model's format, 64 tokens, all threads), measured in a child process just before and just after
@@ -30,23 +31,16 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _status_kb(field: str) -> int:
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+from . import memory
 
 
 class AnonSampler:
-    """Peak RssAnon (and RssShmem, which should stay ~0), sampled every few milliseconds on a
-    thread (kernels release the GIL)."""
+    """Peak private memory (RssAnon on Linux, phys_footprint on macOS: memory.py) and RssShmem
+    (which should stay ~0), sampled every few milliseconds on a thread (kernels release the GIL).
+    Peaks stay None where the OS does not tell."""
 
     def __init__(self, period: float = 0.005):
-        self.period, self.peak_kb, self.peak_shmem_kb, self._stop = period, 0, 0, threading.Event()
+        self.period, self.peak, self.peak_shmem, self._stop = period, None, None, threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
@@ -55,8 +49,10 @@ class AnonSampler:
             self._stop.wait(self.period)
 
     def sample(self) -> None:
-        self.peak_kb = max(self.peak_kb, _status_kb("RssAnon"))
-        self.peak_shmem_kb = max(self.peak_shmem_kb, _status_kb("RssShmem"))
+        for name, now in (("peak", memory.private_bytes()), ("peak_shmem", memory.shmem_bytes()),
+                          ("peak", memory.peak_private_bytes())):
+            if now is not None:
+                setattr(self, name, max(getattr(self, name) or 0, now))
 
     def __enter__(self):
         self._t.start()
@@ -231,8 +227,8 @@ def run(model_dir: Path, prompt: int, gen: int, runs: int, threads: int | None, 
         "effective_gbs": wb["total"] * med(decode) / 1e9,
         "bw_gbs_all": bw, "bw_gbs": med([(b0 + b1) / 2 for b0, b1 in bw]),
         "effective_pct_of_bw_all": pct, "effective_pct_of_bw": med(pct),
-        "peak_rss_mb": _status_kb("VmHWM") / 1024, "peak_anon_rss_mb": anon.peak_kb / 1024,
-        "peak_shmem_rss_mb": anon.peak_shmem_kb / 1024,
+        "peak_rss_mb": memory.peak_rss_bytes() / 2**20, "peak_anon_rss_mb": _mb(anon.peak),
+        "peak_shmem_rss_mb": _mb(anon.peak_shmem), "anon_rss_source": memory.PRIVATE_NAME,
     })
     return res
 
@@ -253,12 +249,24 @@ def format_result(r: dict) -> str:
         f"effective bw   {r['effective_gbs']:.1f} GB/s; median {r['effective_pct_of_bw']:.0f}% of the memory "
         f"bandwidth measured around each run",
         f"runs           {runs}",
-        f"peak RSS       {r['peak_rss_mb']:.0f} MB (VmHWM, includes mmap'ed weights)",
-        f"peak anon RSS  {r['peak_anon_rss_mb']:.0f} MB (RssAnon; shared memory peak {r['peak_shmem_rss_mb']:.0f} MB)",
+        f"peak RSS       {r['peak_rss_mb']:.0f} MB (includes the page cache's pages of the mmap'ed weights)",
+        f"peak anon RSS  {_anon_line(r)}",
         f"python share   {r['python_overhead_pct']:.1f}% of decode time outside kernels",
         f"threads        {r['decode_jobs_on_all_threads_pct']:.0f}% of decode jobs ran on all {r['threads']} threads "
         f"(the rest on one: the pool measures which is faster on this machine now)",
     ])
+
+
+def _mb(nbytes: int | None) -> float | None:
+    return None if nbytes is None else nbytes / 2**20
+
+
+def _anon_line(r: dict) -> str:
+    if r["peak_anon_rss_mb"] is None:
+        return "not available on this OS"
+    shmem = r["peak_shmem_rss_mb"]
+    return (f"{r['peak_anon_rss_mb']:.0f} MB ({r['anon_rss_source']}"
+            + (f"; shared memory peak {shmem:.0f} MB)" if shmem is not None else ")"))
 
 
 def _count(text: str) -> int:
