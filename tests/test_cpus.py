@@ -51,6 +51,10 @@ def test_intel_hybrid_takes_p_cores(tmp_path):
     assert cpus.linux_plan(list(range(8)), root) == ([0, 2, 1, 3, 4, 5, 6, 7], 2)
     # a process allowed only E-cores still gets threads
     assert cpus.linux_plan([5, 6], root) == ([5, 6], 2)
+    # kernels that also give x86 cores a capacity (E-cores about 0.6 of a P-core): still P-cores
+    cap = {0: 1024, 1: 1024, 2: 1024, 3: 1024, 4: 620, 5: 620, 6: 620, 7: 620}
+    root = sysfs(tmp_path / "b", [[0, 1], [2, 3], [4], [5], [6], [7]], capacity=cap, p_cores="0-3", e_cores="4-7")
+    assert cpus.linux_plan(list(range(8)), root) == ([0, 2, 1, 3, 4, 5, 6, 7], 2)
 
 
 def test_big_little_takes_the_big_cores(tmp_path):

@@ -8,9 +8,9 @@ the fastest kind, and workers are pinned one per such core before any core's sec
 slower core is used (`CACTUS_THREADS` or `--threads` asks for more).
 
 - Linux: this process's CPUs (`sched_getaffinity`), grouped into cores by
-  `topology/core_cpus_list` (SMT siblings), of the fast kind by `cpu_capacity` (Arm, RISC-V: a
-  core counts when its capacity is over half the largest) or, on Intel hybrid parts, by the
-  `cpu_core` PMU's CPU list (P-cores; `cpu_atom` lists the E-cores).
+  `topology/core_cpus_list` (SMT siblings), of the fast kind by the `cpu_core` PMU's CPU list on
+  Intel hybrid parts (P-cores; `cpu_atom` lists the E-cores), else by `cpu_capacity` (Arm, RISC-V:
+  a core counts when its capacity is over half the largest, so big and prime cores, not LITTLE).
 - macOS: `hw.perflevel0.physicalcpu` (performance cores), else `hw.physicalcpu`; threads are not
   pinned (macOS has no CPU affinity).
 """
@@ -53,11 +53,11 @@ def linux_plan(cpus: list[int], sysfs: str = SYSFS) -> tuple[list[int], int]:
         core_of[c] = siblings if siblings is not None else f"cpu{c}"
     capacity = {c: _read(f"{base}/cpu{c}/cpu_capacity") for c in cpus}
     p_cores = _read(f"{sysfs}/cpu_core/cpus")
-    if all(v is not None and v.isdigit() for v in capacity.values()) and cpus:
+    if p_cores is not None and _read(f"{sysfs}/cpu_atom/cpus"):
+        fast = set(parse_cpulist(p_cores)) & set(cpus) or set(cpus)
+    elif all(v is not None and v.isdigit() for v in capacity.values()) and cpus:
         top = max(int(v) for v in capacity.values())
         fast = {c for c in cpus if 2 * int(capacity[c]) > top}
-    elif p_cores is not None and _read(f"{sysfs}/cpu_atom/cpus"):
-        fast = set(parse_cpulist(p_cores)) & set(cpus) or set(cpus)
     else:
         fast = set(cpus)
     firsts, rest, seen = [], [], set()
