@@ -11,7 +11,8 @@ effective bandwidth is read against the mean of the two: machines like this one 
 bandwidth levels within seconds, so only neighbouring measurements compare. Peak anonymous RSS is the
 process's own memory, sampled (memory.py: RssAnon on Linux, where mmap'ed weights count as RssFile;
 phys_footprint on macOS); peak RSS includes the weights' resident pages.
-Python overhead = decode wall time minus time inside kernels (counted by the binding).
+Python overhead = decode wall time minus time inside kernels (counted by the binding). CPU steal
+(Linux /proc/stat: time a hypervisor gave this VM's CPUs to other guests) is read over each decode run.
 Prefill is bound by compute, so its yardstick is the kernels' own rate on a matrix in cache (the
 model's format, 64 tokens, all threads), measured in a child process just before and just after
 every prefill run (the mean of the two): prefill work = multiply-adds of a prompt token against
@@ -62,6 +63,19 @@ class AnonSampler:
         self._stop.set()
         self._t.join()
         self.sample()
+
+
+def cpu_ticks() -> tuple[int, int] | None:
+    """(steal, total) CPU ticks of the whole machine so far (Linux /proc/stat), else None. Steal is
+    time the hypervisor gave this VM's CPUs to others: on a shared cloud machine it is what makes
+    two runs of the same decode differ by a third, and the bench prints it beside each run."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal [guest guest_nice: already inside user, nice]
+    return (fields[7], sum(fields[:8])) if len(fields) >= 8 else None
 
 
 def read_bandwidth(buf: np.ndarray, reps: int) -> float:
@@ -187,7 +201,7 @@ def run(model_dir: Path, prompt: int, gen: int, runs: int, threads: int | None, 
         res["page_cache_warm_s"] = warm_page_cache(model)
         ids = np.random.default_rng(seed).integers(0, model.config.vocab_size, prompt)
         logits = model.forward(ids[:8], last_only=True)  # warm-up: threads, first-touch of scratch
-        prefill, ttft, decode, overhead, team, bw, compute = [], [], [], [], [], [], []
+        prefill, ttft, decode, overhead, team, bw, compute, steal = [], [], [], [], [], [], [], []
         for _ in range(runs):
             c0 = measure_compute(nthreads, model.quant)
             model.reset()
@@ -200,13 +214,15 @@ def run(model_dir: Path, prompt: int, gen: int, runs: int, threads: int | None, 
             compute.append((c0 + measure_compute(nthreads, model.quant)) / 2)
             before = measure_bandwidth(nthreads)
             ops.profile(True)
-            jobs0 = ops.pool_stats()
+            jobs0, cpu0 = ops.pool_stats(), cpu_ticks()
             t2 = time.perf_counter()
             for _ in range(gen):
                 tok = int(model.forward([tok], last_only=True).argmax())
             wall = time.perf_counter() - t2
             _, kernel_ns = ops.profile(False)
-            jobs1 = ops.pool_stats()
+            jobs1, cpu1 = ops.pool_stats(), cpu_ticks()
+            steal.append(None if cpu0 is None or cpu1 is None or cpu1[1] <= cpu0[1]
+                         else 100 * (cpu1[0] - cpu0[0]) / (cpu1[1] - cpu0[1]))
             bw.append((before, measure_bandwidth(nthreads)))
             team.append((jobs1[0] - jobs0[0]) / max(1, jobs1[0] - jobs0[0] + jobs1[1] - jobs0[1]))
             decode.append(gen / wall)
@@ -225,7 +241,7 @@ def run(model_dir: Path, prompt: int, gen: int, runs: int, threads: int | None, 
         "decode_jobs_on_all_threads_pct": med(team) * 100,
         "weight_bytes_per_token": wb["total"], "weight_bytes_detail": wb,
         "effective_gbs": wb["total"] * med(decode) / 1e9,
-        "bw_gbs_all": bw, "bw_gbs": med([(b0 + b1) / 2 for b0, b1 in bw]),
+        "bw_gbs_all": bw, "bw_gbs": med([(b0 + b1) / 2 for b0, b1 in bw]), "decode_steal_pct_all": steal,
         "effective_pct_of_bw_all": pct, "effective_pct_of_bw": med(pct),
         "peak_rss_mb": memory.peak_rss_bytes() / 2**20, "peak_anon_rss_mb": _mb(anon.peak),
         "peak_shmem_rss_mb": _mb(anon.peak_shmem), "anon_rss_source": memory.PRIVATE_NAME,
@@ -235,7 +251,8 @@ def run(model_dir: Path, prompt: int, gen: int, runs: int, threads: int | None, 
 
 def format_result(r: dict) -> str:
     per_run = zip(r["decode_tps_all"], r["bw_gbs_all"], r["effective_pct_of_bw_all"], strict=True)
-    runs = ", ".join(f"{d:.2f} at {(b0 + b1) / 2:.1f} GB/s = {p:.0f}%" for d, (b0, b1), p in per_run)
+    runs = ", ".join(f"{d:.2f} at {(b0 + b1) / 2:.1f} GB/s = {p:.0f}%" + ("" if st is None else f" (steal {st:.0f}%)")
+                     for (d, (b0, b1), p), st in zip(per_run, r["decode_steal_pct_all"], strict=True))
     return "\n".join([
         f"model          {r['model']}  ({r['quant']}, {r['isa']}, {r['threads']} threads)",
         f"prefill        {r['prefill_tps']:.1f} tok/s   ({r['prompt']} tokens; runs: "
