@@ -18,9 +18,9 @@ X86 = {
     "kernels_avx512.c": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mgfni",
                          "-mavx2", "-mfma", "-mf16c"],
 }
-ARM = {"kernels_neon.c": ["-march=armv8.2-a+dotprod"]}
+ARM = {"kernels_neon.c": ["-march=armv8.2-a+dotprod"], "kernels_i8mm.c": ["-march=armv8.2-a+dotprod+i8mm"]}
 # ISA files a compiler may not know the flags of (gcc < 11 has no -mavxvnni): built without that level
-OPTIONAL = {"kernels_avxvnni.c": "CACTUS_NO_AVXVNNI"}
+OPTIONAL = {"kernels_avxvnni.c": "CACTUS_NO_AVXVNNI", "kernels_i8mm.c": "CACTUS_NO_I8MM"}
 BASE_FLAGS = ["-O3", "-std=gnu11", "-fno-strict-aliasing", "-Wall", "-Wno-unused-function"]
 
 
@@ -42,7 +42,7 @@ class BuildKernels(build_ext):
             try:
                 objects += self.compiler.compile([K + src], output_dir=self.build_temp, include_dirs=ext.include_dirs,
                                                  extra_postargs=BASE_FLAGS + flags,
-                                                 depends=[K + "kernels.h", K + "kernels_avx2.c"])
+                                                 depends=[K + "kernels.h", K + "kernels_avx2.c", K + "kernels_neon.c"])
             except CompileError:
                 if src not in OPTIONAL:
                     raise

@@ -21,7 +21,7 @@ X86 = {"kernels_avx2.c": ["-mavx2", "-mfma", "-mf16c"],
        "kernels_avxvnni.c": ["-mavx2", "-mfma", "-mf16c", "-mavxvnni"],
        "kernels_avx512.c": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mgfni",
                          "-mavx2", "-mfma", "-mf16c"]}
-ARM = {"kernels_neon.c": ["-march=armv8.2-a+dotprod"]}
+ARM = {"kernels_neon.c": ["-march=armv8.2-a+dotprod"], "kernels_i8mm.c": ["-march=armv8.2-a+dotprod+i8mm"]}
 
 
 def build(cc: str, out: Path, isa: dict[str, list[str]], flags: list[str], link: list[str]) -> None:
@@ -54,14 +54,16 @@ CROSS = shutil.which("aarch64-linux-gnu-gcc") and shutil.which("qemu-aarch64")
 
 @pytest.mark.skipif(not CROSS, reason="needs aarch64-linux-gnu-gcc and qemu-aarch64 "
                                       "(apt-get install gcc-aarch64-linux-gnu qemu-user)")
-@pytest.mark.parametrize("cpu,level", [("max", "neon"), ("cortex-a53", "scalar")])
-def test_neon_under_qemu(tmp_path, cpu, level):
-    """cortex-a53 has no dotprod: dispatch must fall back to scalar there."""
+@pytest.mark.parametrize("cpu,levels", [("max", ["scalar", "neon", "i8mm"]), ("cortex-a76", ["scalar", "neon"]),
+                                        ("cortex-a53", ["scalar"])])
+def test_neon_under_qemu(tmp_path, cpu, levels):
+    """Every level the emulated CPU has, against the scalar table: `max` has dotprod and i8mm;
+    cortex-a76 dotprod only (i8mm must not be picked); cortex-a53 neither (scalar only)."""
     exe = tmp_path / "test_kernels_arm"
     build("aarch64-linux-gnu-gcc", exe, ARM, ["-O2", "-std=gnu11", "-static"], [])
     proc = subprocess.run(["qemu-aarch64", "-cpu", cpu, str(exe)], capture_output=True, text=True, timeout=300)
     check_output(proc)
-    assert proc.stdout.splitlines()[0].split()[1:] == (["scalar", "neon"] if level == "neon" else ["scalar"])
+    assert proc.stdout.splitlines()[0].split()[1:] == levels
 
 
 ASAN_SCRIPT = """

@@ -115,12 +115,12 @@ static void test_attn(const Kernels *k, int f16, int64_t R, int64_t hd, int64_t 
 }
 
 int main(void) {
-    const char *names[] = {"avx2", "avxvnni", "avx512", "avx512-nogfni", "neon"};
-    const Kernels *tables[6];
-    const char *shown[6] = {"scalar"};
+    const char *names[] = {"avx2", "avxvnni", "avx512", "avx512-nogfni", "neon", "i8mm"};
+    const Kernels *tables[7];
+    const char *shown[7] = {"scalar"};
     int nt = 0;
     tables[nt++] = &kernels_scalar;
-    for (int i = 0; i < 5; i++)
+    for (int i = 0; i < 6; i++)
         if (kernels_by_name(names[i])) { shown[nt] = names[i]; tables[nt++] = kernels_by_name(names[i]); }
     printf("levels:");
     for (int i = 0; i < nt; i++) printf(" %s", shown[i]);

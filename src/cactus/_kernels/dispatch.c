@@ -47,9 +47,22 @@ static int x86_has(const char *name) {
 #ifndef HWCAP_ASIMDDP
 #define HWCAP_ASIMDDP (1 << 20)
 #endif
+#ifndef HWCAP2_I8MM
+#define HWCAP2_I8MM (1 << 13)
+#endif
 static int arm_dotprod(void) { return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0; }
-#else
+static int arm_i8mm(void) { return (getauxval(AT_HWCAP2) & HWCAP2_I8MM) != 0; }
+#elif defined(__APPLE__)
+#include <sys/sysctl.h>
 static int arm_dotprod(void) { return 1; }  /* Apple M1 and later have it */
+static int arm_i8mm(void) {                 /* M2 and later */
+    int v = 0;
+    size_t n = sizeof v;
+    return sysctlbyname("hw.optional.arm.FEAT_I8MM", &v, &n, NULL, 0) == 0 && v;
+}
+#else
+static int arm_dotprod(void) { return 0; }
+static int arm_i8mm(void) { return 0; }
 #endif
 #endif
 
@@ -58,6 +71,7 @@ int cpu_supports(const char *name) {
 #if defined(__x86_64__) || defined(_M_X64)
     return x86_has(name);
 #elif defined(__aarch64__)
+    if (!strcmp(name, "i8mm")) return arm_dotprod() && arm_i8mm();
     return !strcmp(name, "neon") && arm_dotprod();
 #else
     return 0;
@@ -73,6 +87,9 @@ static const struct { const char *name; const Kernels *table; } levels[] = {  /*
     {"avx2", &kernels_avx2},
 #endif
 #if defined(__aarch64__)
+#ifndef CACTUS_NO_I8MM  /* setup.py: a compiler without +i8mm */
+    {"i8mm", &kernels_i8mm},
+#endif
     {"neon", &kernels_neon},
 #endif
     {"scalar", &kernels_scalar},

@@ -1,6 +1,7 @@
 /* cactus kernels: the types every ISA file shares, and the dispatch table.
  *
- * One ISA per translation unit (kernels_scalar.c, kernels_avx2.c, kernels_avxvnni.c, kernels_avx512.c, kernels_neon.c),
+ * One ISA per translation unit (kernels_scalar.c, kernels_avx2.c, kernels_avxvnni.c, kernels_avx512.c, kernels_neon.c,
+ * kernels_i8mm.c),
  * each compiled with its own flags and exporting one `Kernels` table. This header knows nothing of
  * CPython; driver.c composes table kernels with the thread pool; binding.c is the only CPython file.
  * Weight layouts are quant.py's (docs/FORMAT.md); activation layouts are defined here (ActLayout).
@@ -121,6 +122,7 @@ extern const Kernels kernels_avx512vnni_gfni;
 #endif
 #if defined(__aarch64__)
 extern const Kernels kernels_neon;
+extern const Kernels kernels_i8mm;
 #endif
 
 /* Attention spans (AVX2, NEON): positions go ATTN_SPAN at a time through one online-softmax step,
