@@ -114,6 +114,25 @@ static void test_attn(const Kernels *k, int f16, int64_t R, int64_t hd, int64_t 
     free(q); free(o); free(ref); free(scr); free(lim); free(kt); free(v);
 }
 
+/* silu_mul against the scalar table: vector bodies and tails, saturating inputs (exp of +-88 and
+ * beyond), zero. */
+static void test_silu(const Kernels *k, int64_t n) {
+    float *g = malloc((size_t)n * 4), *u = malloc((size_t)n * 4), *ref = malloc((size_t)n * 4);
+    for (int64_t i = 0; i < n; i++) {
+        g[i] = 20.0f * frand();
+        u[i] = frand();
+    }
+    const float edge[] = {0.0f, -100.0f, 100.0f, -88.5f, 88.5f, -1e-30f};
+    for (int64_t i = 0; i < n && i < 6; i++) g[n - 1 - i] = edge[i];
+    memcpy(ref, g, (size_t)n * 4);
+    k->silu_mul(g, u, n);
+    kernels_scalar.silu_mul(ref, u, n);
+    char what[64];
+    snprintf(what, sizeof what, "silu_mul n=%lld", (long long)n);
+    check(what, k->name, g, ref, n, 1e-6f);
+    free(g); free(u); free(ref);
+}
+
 int main(void) {
     const char *names[] = {"avx2", "avxvnni", "avx512", "avx512-nogfni", "neon", "i8mm"};
     const Kernels *tables[7];
@@ -136,6 +155,8 @@ int main(void) {
         test_gemm(k, FMT_INT8, 6, 20, 256, 64);
         test_gemm(k, FMT_INT4, 1, 20, 384, 128);
         test_gemm(k, FMT_INT4, 10, 20, 384, 128);
+        for (int64_t n = 1; n <= 37; n += 9) test_silu(k, n);
+        test_silu(k, 4096);
         for (int f16 = 0; f16 < 2; f16++) {
             test_attn(k, f16, 4, 64, 1, 4);
             test_attn(k, f16, 4, 64, 37, 4);
