@@ -114,6 +114,28 @@ static void test_attn(const Kernels *k, int f16, int64_t R, int64_t hd, int64_t 
     free(q); free(o); free(ref); free(scr); free(lim); free(kt); free(v);
 }
 
+/* quantize against the scalar table, bit for bit: a row whose group scales are exactly 1 so that
+ * x / s meets every rounding tie (half to even), an all-zero group, a K past the last full group,
+ * and the groups quantized in two calls split mid-row (as the driver's chunks do). */
+static void test_quantize(const Kernels *k, int fmt, int64_t kk) {
+    ActLayout L;
+    act_layout(&L, kk, 32, fmt);
+    float *x = malloc((size_t)kk * 4);
+    for (int64_t i = 0; i < kk; i++) {
+        const int64_t g = i / 32, j = i % 32;
+        x[i] = g % 3 == 0 ? (j == 0 ? 127.0f : (float)((int)(rnd() % 253) - 126) * 0.5f)  /* ties */
+             : g % 3 == 1 ? 0.0f : 3.0f * frand();
+    }
+    uint8_t *a = calloc((size_t)L.stride, 1), *b = calloc((size_t)L.stride, 1);
+    const int64_t cut = L.nga / 3;
+    k->quantize(&L, a, x, 0, cut);
+    k->quantize(&L, a, x, cut, L.nga);
+    kernels_scalar.quantize(&L, b, x, 0, L.nga);
+    if (memcmp(a, b, (size_t)L.stride)) { failed++; printf("FAIL quantize ties [%s] fmt=%d K=%lld\n", k->name, fmt, (long long)kk); }
+    else passed++;
+    free(x); free(a); free(b);
+}
+
 /* silu_mul against the scalar table: vector bodies and tails, saturating inputs (exp of +-88 and
  * beyond), zero. */
 static void test_silu(const Kernels *k, int64_t n) {
@@ -155,6 +177,11 @@ int main(void) {
         test_gemm(k, FMT_INT8, 6, 20, 256, 64);
         test_gemm(k, FMT_INT4, 1, 20, 384, 128);
         test_gemm(k, FMT_INT4, 10, 20, 384, 128);
+        for (int fmt = FMT_INT8; fmt <= FMT_INT4; fmt++) {
+            test_quantize(k, fmt, 2048);
+            test_quantize(k, fmt, 1000);
+            test_quantize(k, fmt, 40);
+        }
         for (int64_t n = 1; n <= 37; n += 9) test_silu(k, n);
         test_silu(k, 4096);
         for (int f16 = 0; f16 < 2; f16++) {

@@ -443,6 +443,45 @@ static inline float32x4_t exp4(float32x4_t x) {
     return vmulq_f32(p, vreinterpretq_f32_s32(e));
 }
 
+/* Quantize (kernels.h's layout, bit for bit the scalar file's): groups of 32 that lie inside k,
+ * 8 vectors at a time (|x| max by vmaxnm, which like the scalar loop passes over a NaN; x / d by
+ * vdivq and round-half-even by vrndnq, as nearbyintf); the rest of the row, other group sizes, and
+ * the layout's qu and decode extras through the scalar code. */
+static void quantize_neon(const ActLayout *L, uint8_t *act, const float *x, int64_t g0, int64_t g1) {
+    if (L->group != 32) { quantize_scalar(L, act, x, g0, g1); return; }
+    int8_t *q = (int8_t *)(act + L->off_q);
+    float *s = (float *)(act + L->off_s);
+    int32_t *sum = (int32_t *)(act + L->off_sum);
+    const int64_t inside = L->k / 32, gv = g1 < inside ? g1 : inside;
+    const float32x4_t lim = vdupq_n_f32(127.0f), nlim = vdupq_n_f32(-127.0f);
+    int64_t g = g0;
+    for (; g < gv; g++) {
+        float32x4_t v[8];
+        for (int i = 0; i < 8; i++) v[i] = vld1q_f32(x + 32 * g + 4 * i);
+        float32x4_t m = vabsq_f32(v[0]);
+        for (int i = 1; i < 8; i++) m = vmaxnmq_f32(m, vabsq_f32(v[i]));
+        const float d = vmaxnmvq_f32(m) / 127.0f;
+        int32x4_t r[8], acc = vdupq_n_s32(0);
+        for (int i = 0; i < 8; i++) {
+            const float32x4_t t = d != 0.0f ? vrndnq_f32(vdivq_f32(v[i], vdupq_n_f32(d))) : vdupq_n_f32(0.0f);
+            r[i] = vcvtq_s32_f32(vmaxq_f32(vminq_f32(t, lim), nlim));
+            acc = vaddq_s32(acc, r[i]);
+        }
+        for (int h = 0; h < 2; h++) {
+            const int16x8_t a = vcombine_s16(vmovn_s32(r[4 * h]), vmovn_s32(r[4 * h + 1]));
+            const int16x8_t b = vcombine_s16(vmovn_s32(r[4 * h + 2]), vmovn_s32(r[4 * h + 3]));
+            vst1q_s8(q + 32 * g + 16 * h, vcombine_s8(vmovn_s16(a), vmovn_s16(b)));
+        }
+        s[g] = d;
+        sum[g] = vaddvq_s32(acc);
+    }
+    if (g0 < gv) {
+        act_unsigned(L, act, g0, gv);
+        act_extras(L, act, g0, gv);
+    }
+    if (g < g1) quantize_scalar(L, act, x, g, g1);
+}
+
 /* g = silu(g) * u with exp4 (4 lanes; the scalar file's expf per element took most of this op). */
 static void silu_mul_neon(float *g, const float *u, int64_t n) {
     const float32x4_t one = vdupq_n_f32(1.0f);
@@ -557,7 +596,7 @@ static void attn_neon(float *out, const float *q, int64_t R, const int64_t *limi
 }
 
 #ifdef CACTUS_I8MM
-const Kernels kernels_i8mm = {"i8mm", quantize_scalar, qgemm_neon, fgemm_neon, attn_neon, silu_mul_neon, 4096, 1024};
+const Kernels kernels_i8mm = {"i8mm", quantize_neon, qgemm_neon, fgemm_neon, attn_neon, silu_mul_neon, 4096, 1024};
 #else
-const Kernels kernels_neon = {"neon", quantize_scalar, qgemm_neon, fgemm_neon, attn_neon, silu_mul_neon, 4096, 1024};  /* unused */
+const Kernels kernels_neon = {"neon", quantize_neon, qgemm_neon, fgemm_neon, attn_neon, silu_mul_neon, 4096, 1024};  /* unused */
 #endif
