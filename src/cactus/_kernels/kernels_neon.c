@@ -1,8 +1,9 @@
 /* NEON kernels (AArch64, compiled with -march=armv8.2-a+dotprod). Integer dots are sdot (s8 x s8):
  * G = 32 (the default): decode runs two rows and four groups at a time (dot2_g32), prefill packs
- * 4-row panels for sdot by element (panel4_gemm); other group sizes
- * (multiples of 32) unpack int4 nibbles to q = u - 8 and scale each group's int32 sum once, in
- * the scalar reference's order. Used only where the CPU reports dotprod (dispatch.c).
+ * 4-row panels for sdot by element (panel4_gemm; with +i8mm, kernels_i8mm.c, 8-row panels for
+ * smmla); other group sizes (multiples of 32) unpack int4 nibbles to q = u - 8 and scale each
+ * group's int32 sum once, in the scalar reference's order. Activation quantizing, SiLU-mul and
+ * attention are NEON too. Used only where the CPU reports dotprod (dispatch.c).
  */
 #include <arm_neon.h>
 #include <math.h>
