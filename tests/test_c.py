@@ -24,11 +24,13 @@ X86 = {"kernels_avx2.c": ["-mavx2", "-mfma", "-mf16c"],
 ARM = {"kernels_neon.c": ["-march=armv8.2-a+dotprod"], "kernels_i8mm.c": ["-march=armv8.2-a+dotprod+i8mm"]}
 
 
-def build(cc: str, out: Path, isa: dict[str, list[str]], flags: list[str], link: list[str]) -> None:
+def build(cc: str, out: Path, isa: dict[str, list[str]], flags: list[str], link: list[str],
+          isa_cc: list[str] | None = None) -> None:
+    """The C test against the ISA files, each compiled with its flags (by isa_cc, default cc)."""
     objs = []
     for src, extra in isa.items():
         obj = out.with_name(src + ".o")
-        subprocess.run([cc, *flags, *extra, f"-I{K}", "-c", str(K / src), "-o", str(obj)], check=True)
+        subprocess.run([*(isa_cc or [cc]), *flags, *extra, f"-I{K}", "-c", str(K / src), "-o", str(obj)], check=True)
         objs.append(str(obj))
     srcs = [str(ROOT / "tests" / "c" / "test_kernels.c")] + [str(K / s) for s in COMMON]
     subprocess.run([cc, *flags, f"-I{K}", *srcs, *objs, "-lm", "-pthread", *link, "-o", str(out)], check=True)
@@ -64,6 +66,23 @@ def test_neon_under_qemu(tmp_path, cpu, levels):
     proc = subprocess.run(["qemu-aarch64", "-cpu", cpu, str(exe)], capture_output=True, text=True, timeout=300)
     check_output(proc)
     assert proc.stdout.splitlines()[0].split()[1:] == levels
+
+
+CLANG = next((c for c in ("clang", "clang-14", "clang-15", "clang-16") if shutil.which(c)), None)
+SYSROOT = Path("/usr/aarch64-linux-gnu")
+
+
+@pytest.mark.skipif(not CROSS or CLANG is None or not SYSROOT.is_dir(),
+                    reason="needs clang, aarch64-linux-gnu-gcc (its sysroot) and qemu-aarch64")
+def test_neon_built_by_clang_under_qemu(tmp_path):
+    """Apple's compiler is clang: the NEON and i8mm files built by clang for AArch64 (the rest by
+    gcc) against the scalar table, every level of `-cpu max`."""
+    exe = tmp_path / "test_kernels_arm_clang"
+    clang = [CLANG, "--target=aarch64-linux-gnu", f"--sysroot={SYSROOT}", "-isystem", str(SYSROOT / "include")]
+    build("aarch64-linux-gnu-gcc", exe, ARM, ["-O2", "-std=gnu11", "-static"], [], isa_cc=clang)
+    proc = subprocess.run(["qemu-aarch64", "-cpu", "max", str(exe)], capture_output=True, text=True, timeout=300)
+    check_output(proc)
+    assert proc.stdout.splitlines()[0].split()[1:] == ["scalar", "neon", "i8mm"]
 
 
 ASAN_SCRIPT = """
