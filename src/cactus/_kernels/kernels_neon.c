@@ -144,23 +144,28 @@ static void pack_scales4(float *PS, const QMat *w, int64_t r0, int64_t r1) {
         for (int i = 0; i < 4; i++) PS[g * 4 + i] = f16_to_f32(sc[i][g]);
 }
 
+/* Group g of a row as signed bytes: elements 0..15 (lo) and 16..31 (hi); int4 as q = u - 8. */
+static inline void group_bytes(const QMat *w, const uint8_t *row, int64_t g, int8x16_t *lo, int8x16_t *hi) {
+    if (w->fmt == FMT_INT4) {
+        const uint8x16_t b = vld1q_u8(row + 16 * g);
+        *lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(b, vdupq_n_u8(0x0F))), vdupq_n_s8(8));
+        *hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(b, 4)), vdupq_n_s8(8));
+    } else {
+        *lo = vld1q_s8((const int8_t *)row + 32 * g);
+        *hi = vld1q_s8((const int8_t *)row + 32 * g + 16);
+    }
+}
+
 static void pack_panel4(int8_t *P, float *PS, const QMat *w, int64_t r0, int64_t r1) {
-    const int64_t ng = w->ng;
     const uint8_t *rows[4];
     for (int i = 0; i < 4; i++) rows[i] = w->data + (r0 + i < r1 ? r0 + i : r1 - 1) * w->row_bytes;  /* a short panel repeats its last row */
-    const uint8x16_t m0f = vdupq_n_u8(0x0F);
-    const int8x16_t eight = vdupq_n_s8(8);
-    for (int64_t g = 0; g < ng; g++) {
+    for (int64_t g = 0; g < w->ng; g++) {
         int32x4_t lo[4], hi[4];  /* row i: elements 0..15 and 16..31 of group g, signed */
         for (int i = 0; i < 4; i++) {
-            if (w->fmt == FMT_INT4) {
-                const uint8x16_t b = vld1q_u8(rows[i] + 16 * g);
-                lo[i] = vreinterpretq_s32_s8(vsubq_s8(vreinterpretq_s8_u8(vandq_u8(b, m0f)), eight));
-                hi[i] = vreinterpretq_s32_s8(vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(b, 4)), eight));
-            } else {
-                lo[i] = vreinterpretq_s32_u8(vld1q_u8(rows[i] + 32 * g));
-                hi[i] = vreinterpretq_s32_u8(vld1q_u8(rows[i] + 32 * g + 16));
-            }
+            int8x16_t l, h;
+            group_bytes(w, rows[i], g, &l, &h);
+            lo[i] = vreinterpretq_s32_s8(l);
+            hi[i] = vreinterpretq_s32_s8(h);
         }
         transpose4_s32(lo);
         transpose4_s32(hi);
@@ -249,19 +254,13 @@ static void pack_panel8_mm(int8_t *P, float *PS, const QMat *w, int64_t r0, int6
         rows[i] = w->data + r * w->row_bytes;
         sc[i] = w->scales + r * ng;
     }
-    const uint8x16_t m0f = vdupq_n_u8(0x0F);
-    const int8x16_t eight = vdupq_n_s8(8);
     for (int64_t g = 0; g < ng; g++) {
         int64x2_t lo[MM_ROWS], hi[MM_ROWS];  /* row i: elements 0..15 and 16..31 of group g, signed */
         for (int i = 0; i < MM_ROWS; i++) {
-            if (w->fmt == FMT_INT4) {
-                const uint8x16_t b = vld1q_u8(rows[i] + 16 * g);
-                lo[i] = vreinterpretq_s64_s8(vsubq_s8(vreinterpretq_s8_u8(vandq_u8(b, m0f)), eight));
-                hi[i] = vreinterpretq_s64_s8(vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(b, 4)), eight));
-            } else {
-                lo[i] = vreinterpretq_s64_u8(vld1q_u8(rows[i] + 32 * g));
-                hi[i] = vreinterpretq_s64_u8(vld1q_u8(rows[i] + 32 * g + 16));
-            }
+            int8x16_t l, h;
+            group_bytes(w, rows[i], g, &l, &h);
+            lo[i] = vreinterpretq_s64_s8(l);
+            hi[i] = vreinterpretq_s64_s8(h);
         }
         int64_t *o = (int64_t *)(P + g * 16 * 16);
         for (int pr = 0; pr < MM_ROWS / 2; pr++, o += 8) {
