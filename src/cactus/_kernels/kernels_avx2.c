@@ -668,117 +668,195 @@ static inline __m256 kv8(const void *base, int64_t i, int kv_f16) {
     return _mm256_loadu_ps((const float *)base + i);
 }
 
-/* Rows in blocks of 4 (a GQA group at one query position, as in kernels_avx512.c), so each key and
- * value vector, converted from f16 once, serves four rows. Positions go in spans of 64 (four key
- * blocks of 16): the scores (4 x 64) from the d-major key blocks, then per row one online-softmax
- * step for the whole span (max, rescale, exp, and the sum kept as a vector), then o += p V with
- * the four rows' accumulators in registers, one 8-float slice of hd at a time. Per block of 16
- * the softmax step (its max, exp and scalar sum, a chain per row) had cost about as much as the
- * block's multiply-adds. The span after next is prefetched into L2 during the scores: long
- * contexts read the cache from DRAM. A short block repeats its last row (same limit), whose
+/* Attention takes rows in blocks of 4 (a GQA group at one query position, as in kernels_avx512.c),
+ * so each key and value vector serves four rows. Positions go in spans of 64 (four key blocks of
+ * 16): the scores (4 x 64) from the d-major key blocks (span_scores), then per row one
+ * online-softmax step for the whole span (max, rescale, exp, and the sum kept as a vector:
+ * span_softmax), then o += p V with the four rows' accumulators in registers, two 8-float slices
+ * of hd at a time (span_pv: 8 independent FMA chains). Per block of 16 the softmax step (its max,
+ * exp and scalar sum, a chain per row) had cost about as much as the block's multiply-adds.
+ *
+ * Decode (R <= 4: one query position) reads the f16 cache directly, converting each key and value
+ * vector as it goes, and prefetches the span after next into L2 during the scores: long contexts
+ * read the cache from DRAM. Prefill (R > 4: the driver's 16 query positions x a GQA group) runs
+ * spans outer and row blocks inner: each span's keys and values are converted to f32 once (32 KB
+ * at hd 64) and every row block reads them from there, where the blocks had each converted, and
+ * re-read from L2 or DRAM, the whole cache (16 times per call); each row's running max, sum and
+ * output stay in scratch between spans. A short block repeats its last row (same limit), whose
  * results are not stored. */
+typedef struct { float *o[4], *m[4]; __m256 *l[4]; } RowState;
+
+static inline __attribute__((always_inline)) void span_scores(float *p, const float *const qr[4], const int64_t lim[4],
+                                                              const void *kt, int64_t blk0, int64_t nblk, int64_t s0,
+                                                              int64_t hd, int kv_f16, __m256 sc, const void *v,
+                                                              int64_t lmax, int ahead) {
+    for (int64_t b = 0; b < nblk; b++) {
+        const int64_t blk = blk0 + b;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+        const AttnAhead ah = ahead ? attn_ahead(kt, v, s0, b, lmax, hd, kv_f16 ? 2 : 4) : (AttnAhead){NULL, NULL, 0};
+        for (int64_t d = 0; d < hd; d++) {
+            if (ahead) attn_ahead_step(&ah, d);
+            const __m256 k0 = kv8(kt, (blk * hd + d) * 16, kv_f16), k1 = kv8(kt, (blk * hd + d) * 16 + 8, kv_f16);
+            __m256 qd = _mm256_set1_ps(qr[0][d]);
+            a0 = _mm256_fmadd_ps(qd, k0, a0); b0 = _mm256_fmadd_ps(qd, k1, b0);
+            qd = _mm256_set1_ps(qr[1][d]);
+            a1 = _mm256_fmadd_ps(qd, k0, a1); b1 = _mm256_fmadd_ps(qd, k1, b1);
+            qd = _mm256_set1_ps(qr[2][d]);
+            a2 = _mm256_fmadd_ps(qd, k0, a2); b2 = _mm256_fmadd_ps(qd, k1, b2);
+            qd = _mm256_set1_ps(qr[3][d]);
+            a3 = _mm256_fmadd_ps(qd, k0, a3); b3 = _mm256_fmadd_ps(qd, k1, b3);
+        }
+        const __m256 lo[4] = {a0, a1, a2, a3}, hi[4] = {b0, b1, b2, b3};
+        for (int i = 0; i < 4; i++) {
+            float *pi = p + ATTN_SPAN * i + 16 * b;
+            _mm256_store_ps(pi, _mm256_mul_ps(lo[i], sc));
+            _mm256_store_ps(pi + 8, _mm256_mul_ps(hi[i], sc));
+            attn_mask_block(pi, lim[i] - s0 - 16 * b);
+        }
+    }
+}
+
+/* One row's online-softmax step for the span: p (its scores) becomes its weights. */
+static inline void span_softmax(float *pi, int64_t nblk, int64_t lim, int64_t s0, float *m, __m256 *l, float *o,
+                                int64_t nv) {
+    if (lim <= s0) { memset(pi, 0, sizeof(float) * ATTN_SPAN); return; }  /* sees none of the span */
+    __m256 mx = _mm256_load_ps(pi);
+    for (int64_t j = 8; j < 16 * nblk; j += 8) mx = _mm256_max_ps(mx, _mm256_load_ps(pi + j));
+    const float bm = hmax8(mx);
+    if (bm > *m) {
+        const __m256 c = _mm256_set1_ps(*m == -INFINITY ? 0.0f : expf(*m - bm));
+        *l = _mm256_mul_ps(*l, c);
+        for (int64_t d = 0; d < nv; d++) _mm256_storeu_ps(o + 8 * d, _mm256_mul_ps(_mm256_loadu_ps(o + 8 * d), c));
+        *m = bm;
+    }
+    const __m256 mi = _mm256_set1_ps(*m);
+    for (int64_t j = 0; j < 16 * nblk; j += 8) {  /* exp256 takes -inf (masked) to 0 */
+        const __m256 e = exp256(_mm256_sub_ps(_mm256_load_ps(pi + j), mi));
+        _mm256_store_ps(pi + j, e);
+        *l = _mm256_add_ps(*l, e);
+    }
+}
+
+/* o[i] += p[i] V for the span's `send` value rows from v + j0 * hd. */
+static inline __attribute__((always_inline)) void span_pv(float *const ob[4], const float *p, const void *v, int64_t j0,
+                                                          int64_t send, int64_t hd, int kv_f16) {
+    const int64_t nv = hd / 8;
+    int64_t d = 0;
+    for (; d + 2 <= nv; d += 2) {  /* two slices: 8 independent fma chains (one slice's 4 wait on latency) */
+        float *o0p = ob[0] + 8 * d, *o1p = ob[1] + 8 * d, *o2p = ob[2] + 8 * d, *o3p = ob[3] + 8 * d;
+        __m256 o0 = _mm256_loadu_ps(o0p), o1 = _mm256_loadu_ps(o1p), o2 = _mm256_loadu_ps(o2p), o3 = _mm256_loadu_ps(o3p);
+        __m256 u0 = _mm256_loadu_ps(o0p + 8), u1 = _mm256_loadu_ps(o1p + 8), u2 = _mm256_loadu_ps(o2p + 8), u3 = _mm256_loadu_ps(o3p + 8);
+        for (int64_t j = 0; j < send; j++) {
+            const __m256 v0 = kv8(v, (j0 + j) * hd + 8 * d, kv_f16), v1 = kv8(v, (j0 + j) * hd + 8 * d + 8, kv_f16);
+            __m256 pj = _mm256_set1_ps(p[j]);
+            o0 = _mm256_fmadd_ps(pj, v0, o0); u0 = _mm256_fmadd_ps(pj, v1, u0);
+            pj = _mm256_set1_ps(p[ATTN_SPAN + j]);
+            o1 = _mm256_fmadd_ps(pj, v0, o1); u1 = _mm256_fmadd_ps(pj, v1, u1);
+            pj = _mm256_set1_ps(p[2 * ATTN_SPAN + j]);
+            o2 = _mm256_fmadd_ps(pj, v0, o2); u2 = _mm256_fmadd_ps(pj, v1, u2);
+            pj = _mm256_set1_ps(p[3 * ATTN_SPAN + j]);
+            o3 = _mm256_fmadd_ps(pj, v0, o3); u3 = _mm256_fmadd_ps(pj, v1, u3);
+        }
+        _mm256_storeu_ps(o0p, o0); _mm256_storeu_ps(o1p, o1); _mm256_storeu_ps(o2p, o2); _mm256_storeu_ps(o3p, o3);
+        _mm256_storeu_ps(o0p + 8, u0); _mm256_storeu_ps(o1p + 8, u1); _mm256_storeu_ps(o2p + 8, u2); _mm256_storeu_ps(o3p + 8, u3);
+    }
+    for (; d < nv; d++) {
+        __m256 o0 = _mm256_loadu_ps(ob[0] + 8 * d), o1 = _mm256_loadu_ps(ob[1] + 8 * d);
+        __m256 o2 = _mm256_loadu_ps(ob[2] + 8 * d), o3 = _mm256_loadu_ps(ob[3] + 8 * d);
+        for (int64_t j = 0; j < send; j++) {
+            const __m256 vv = kv8(v, (j0 + j) * hd + 8 * d, kv_f16);
+            o0 = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), vv, o0);
+            o1 = _mm256_fmadd_ps(_mm256_set1_ps(p[ATTN_SPAN + j]), vv, o1);
+            o2 = _mm256_fmadd_ps(_mm256_set1_ps(p[2 * ATTN_SPAN + j]), vv, o2);
+            o3 = _mm256_fmadd_ps(_mm256_set1_ps(p[3 * ATTN_SPAN + j]), vv, o3);
+        }
+        _mm256_storeu_ps(ob[0] + 8 * d, o0);
+        _mm256_storeu_ps(ob[1] + 8 * d, o1);
+        _mm256_storeu_ps(ob[2] + 8 * d, o2);
+        _mm256_storeu_ps(ob[3] + 8 * d, o3);
+    }
+}
+
+/* out row = o / (sum of its weights) */
+static inline void span_finish(float *out, const float *o, __m256 l, int64_t nv) {
+    const float li = hsum8(l);
+    const __m256 inv = _mm256_set1_ps(li > 0.0f ? 1.0f / li : 0.0f);
+    for (int64_t d = 0; d < nv; d++) _mm256_storeu_ps(out + 8 * d, _mm256_mul_ps(_mm256_loadu_ps(o + 8 * d), inv));
+}
+
+/* Prefill: spans outer, row blocks inner, each span's keys and values converted once (above). */
+static void attn_avx2_prefill(float *out, const float *q, int64_t R, const int64_t *limit, const void *kt,
+                              const void *v, int64_t hd, float scale, int kv_f16, float *scratch) {
+    const int64_t nv = hd / 8;
+    float p[4 * ATTN_SPAN] __attribute__((aligned(32)));
+    float dummy_o[4 * 256], dummy_m[4];  /* the repeated rows of a short block write here */
+    __m256 dummy_l[4];
+    float *kf = (float *)(((uintptr_t)scratch + 31) & ~(uintptr_t)31), *vf = kf + ATTN_SPAN * hd;
+    float *ob = vf + ATTN_SPAN * hd, *mr = ob + R * hd;
+    __m256 *lr = (__m256 *)(((uintptr_t)(mr + R) + 31) & ~(uintptr_t)31);
+    int64_t lmax = 0;
+    for (int64_t r = 0; r < R; r++) {
+        lmax = limit[r] > lmax ? limit[r] : lmax;
+        mr[r] = -INFINITY;
+        lr[r] = _mm256_setzero_ps();
+    }
+    memset(ob, 0, (size_t)(R * hd) * 4);
+    const __m256 sc = _mm256_set1_ps(scale);
+    for (int64_t s0 = 0; s0 < lmax; s0 += ATTN_SPAN) {
+        const int64_t send = lmax - s0 < ATTN_SPAN ? lmax - s0 : ATTN_SPAN, nblk = (send + 15) / 16;
+        const float *ks = (const float *)kt + s0 * hd, *vs = (const float *)v + s0 * hd;  /* f32 cache: in place */
+        if (kv_f16) {  /* whole key blocks (their tails are masked), the span's value rows */
+            const uint16_t *k16 = (const uint16_t *)kt + s0 * hd, *v16 = (const uint16_t *)v + s0 * hd;
+            for (int64_t e = 0; e < nblk * 16 * hd; e += 8)
+                _mm256_store_ps(kf + e, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k16 + e))));
+            for (int64_t e = 0; e < send * hd; e += 8)
+                _mm256_store_ps(vf + e, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v16 + e))));
+            ks = kf;
+            vs = vf;
+        }
+        for (int64_t r0 = 0; r0 < R; r0 += 4) {
+            const float *qr[4];
+            int64_t lim[4], gmax;
+            const int rb = attn_rows4(qr, lim, &gmax, q, limit, R, r0, hd);
+            if (gmax <= s0) continue;  /* the block sees none of the span */
+            RowState st;
+            for (int i = 0; i < 4; i++) {
+                const int real = i < rb;
+                st.o[i] = real ? ob + (r0 + i) * hd : dummy_o + i * hd;
+                st.m[i] = real ? mr + r0 + i : dummy_m + i;
+                st.l[i] = real ? lr + r0 + i : dummy_l + i;
+                if (!real) { *st.m[i] = *(mr + r0 + rb - 1); *st.l[i] = lr[r0 + rb - 1]; memcpy(st.o[i], ob + (r0 + rb - 1) * hd, (size_t)hd * 4); }
+            }
+            span_scores(p, qr, lim, ks, 0, nblk, s0, hd, 0, sc, NULL, 0, 0);
+            for (int i = 0; i < 4; i++) span_softmax(p + ATTN_SPAN * i, nblk, lim[i], s0, st.m[i], st.l[i], st.o[i], nv);
+            span_pv(st.o, p, vs, 0, send, hd, 0);
+        }
+    }
+    for (int64_t r = 0; r < R; r++) span_finish(out + r * hd, ob + r * hd, lr[r], nv);
+}
+
 static void attn_avx2(float *out, const float *q, int64_t R, const int64_t *limit, const void *kt,
                       const void *v, int64_t hd, float scale, int kv_f16, float *scratch) {
     if (hd % 8 || hd > 256) { attn_scalar(out, q, R, limit, kt, v, hd, scale, kv_f16, scratch); return; }
-    const int64_t nv = hd / 8, esz = kv_f16 ? 2 : 4;
+    if (R > 4) { attn_avx2_prefill(out, q, R, limit, kt, v, hd, scale, kv_f16, scratch); return; }
+    const int64_t nv = hd / 8;
     float p[4 * ATTN_SPAN] __attribute__((aligned(32)));  /* scores, then probabilities, of the span, per row */
     float ob[4 * 256] __attribute__((aligned(32)));       /* unnormalized outputs, per row */
     const __m256 sc = _mm256_set1_ps(scale);
-    for (int64_t r0 = 0; r0 < R; r0 += 4) {
-        const float *qr[4];
-        int64_t lim[4], lmax;
-        const int rb = attn_rows4(qr, lim, &lmax, q, limit, R, r0, hd);
-        float m[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
-        __m256 l[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-        memset(ob, 0, (size_t)(4 * hd) * 4);
-        for (int64_t s0 = 0; s0 < lmax; s0 += ATTN_SPAN) {
-            const int64_t send = lmax - s0 < ATTN_SPAN ? lmax - s0 : ATTN_SPAN, nblk = (send + 15) / 16;
-            for (int64_t b = 0; b < nblk; b++) {
-                const int64_t blk = s0 / 16 + b;
-                __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-                const AttnAhead ah = attn_ahead(kt, v, s0, b, lmax, hd, esz);
-                for (int64_t d = 0; d < hd; d++) {
-                    attn_ahead_step(&ah, d);
-                    const __m256 k0 = kv8(kt, (blk * hd + d) * 16, kv_f16), k1 = kv8(kt, (blk * hd + d) * 16 + 8, kv_f16);
-                    __m256 qd = _mm256_set1_ps(qr[0][d]);
-                    a0 = _mm256_fmadd_ps(qd, k0, a0); b0 = _mm256_fmadd_ps(qd, k1, b0);
-                    qd = _mm256_set1_ps(qr[1][d]);
-                    a1 = _mm256_fmadd_ps(qd, k0, a1); b1 = _mm256_fmadd_ps(qd, k1, b1);
-                    qd = _mm256_set1_ps(qr[2][d]);
-                    a2 = _mm256_fmadd_ps(qd, k0, a2); b2 = _mm256_fmadd_ps(qd, k1, b2);
-                    qd = _mm256_set1_ps(qr[3][d]);
-                    a3 = _mm256_fmadd_ps(qd, k0, a3); b3 = _mm256_fmadd_ps(qd, k1, b3);
-                }
-                const __m256 lo[4] = {a0, a1, a2, a3}, hi[4] = {b0, b1, b2, b3};
-                for (int i = 0; i < 4; i++) {
-                    float *pi = p + ATTN_SPAN * i + 16 * b;
-                    _mm256_store_ps(pi, _mm256_mul_ps(lo[i], sc));
-                    _mm256_store_ps(pi + 8, _mm256_mul_ps(hi[i], sc));
-                    attn_mask_block(pi, lim[i] - s0 - 16 * b);
-                }
-            }
-            for (int i = 0; i < 4; i++) {
-                float *pi = p + ATTN_SPAN * i;
-                if (lim[i] <= s0) { memset(pi, 0, sizeof(float) * ATTN_SPAN); continue; }  /* sees none of the span */
-                __m256 mx = _mm256_load_ps(pi);
-                for (int64_t j = 8; j < 16 * nblk; j += 8) mx = _mm256_max_ps(mx, _mm256_load_ps(pi + j));
-                const float bm = hmax8(mx);
-                if (bm > m[i]) {
-                    const __m256 c = _mm256_set1_ps(m[i] == -INFINITY ? 0.0f : expf(m[i] - bm));
-                    l[i] = _mm256_mul_ps(l[i], c);
-                    for (int64_t d = 0; d < nv; d++)
-                        _mm256_store_ps(ob + i * hd + 8 * d, _mm256_mul_ps(_mm256_load_ps(ob + i * hd + 8 * d), c));
-                    m[i] = bm;
-                }
-                const __m256 mi = _mm256_set1_ps(m[i]);
-                for (int64_t j = 0; j < 16 * nblk; j += 8) {  /* exp256 takes -inf (masked) to 0 */
-                    const __m256 e = exp256(_mm256_sub_ps(_mm256_load_ps(pi + j), mi));
-                    _mm256_store_ps(pi + j, e);
-                    l[i] = _mm256_add_ps(l[i], e);
-                }
-            }
-            int64_t d = 0;
-            for (; d + 2 <= nv; d += 2) {  /* two slices: 8 independent fma chains (one slice's 4 wait on latency) */
-                float *o = ob + 8 * d;
-                __m256 o0 = _mm256_load_ps(o), o1 = _mm256_load_ps(o + hd), o2 = _mm256_load_ps(o + 2 * hd), o3 = _mm256_load_ps(o + 3 * hd);
-                __m256 u0 = _mm256_load_ps(o + 8), u1 = _mm256_load_ps(o + hd + 8), u2 = _mm256_load_ps(o + 2 * hd + 8), u3 = _mm256_load_ps(o + 3 * hd + 8);
-                for (int64_t j = 0; j < send; j++) {
-                    const __m256 v0 = kv8(v, (s0 + j) * hd + 8 * d, kv_f16), v1 = kv8(v, (s0 + j) * hd + 8 * d + 8, kv_f16);
-                    __m256 pj = _mm256_set1_ps(p[j]);
-                    o0 = _mm256_fmadd_ps(pj, v0, o0); u0 = _mm256_fmadd_ps(pj, v1, u0);
-                    pj = _mm256_set1_ps(p[ATTN_SPAN + j]);
-                    o1 = _mm256_fmadd_ps(pj, v0, o1); u1 = _mm256_fmadd_ps(pj, v1, u1);
-                    pj = _mm256_set1_ps(p[2 * ATTN_SPAN + j]);
-                    o2 = _mm256_fmadd_ps(pj, v0, o2); u2 = _mm256_fmadd_ps(pj, v1, u2);
-                    pj = _mm256_set1_ps(p[3 * ATTN_SPAN + j]);
-                    o3 = _mm256_fmadd_ps(pj, v0, o3); u3 = _mm256_fmadd_ps(pj, v1, u3);
-                }
-                _mm256_store_ps(o, o0); _mm256_store_ps(o + hd, o1); _mm256_store_ps(o + 2 * hd, o2); _mm256_store_ps(o + 3 * hd, o3);
-                _mm256_store_ps(o + 8, u0); _mm256_store_ps(o + hd + 8, u1); _mm256_store_ps(o + 2 * hd + 8, u2); _mm256_store_ps(o + 3 * hd + 8, u3);
-            }
-            for (; d < nv; d++) {
-                __m256 o0 = _mm256_load_ps(ob + 8 * d), o1 = _mm256_load_ps(ob + hd + 8 * d);
-                __m256 o2 = _mm256_load_ps(ob + 2 * hd + 8 * d), o3 = _mm256_load_ps(ob + 3 * hd + 8 * d);
-                for (int64_t j = 0; j < send; j++) {
-                    const __m256 vv = kv8(v, (s0 + j) * hd + 8 * d, kv_f16);
-                    o0 = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), vv, o0);
-                    o1 = _mm256_fmadd_ps(_mm256_set1_ps(p[ATTN_SPAN + j]), vv, o1);
-                    o2 = _mm256_fmadd_ps(_mm256_set1_ps(p[2 * ATTN_SPAN + j]), vv, o2);
-                    o3 = _mm256_fmadd_ps(_mm256_set1_ps(p[3 * ATTN_SPAN + j]), vv, o3);
-                }
-                _mm256_store_ps(ob + 8 * d, o0);
-                _mm256_store_ps(ob + hd + 8 * d, o1);
-                _mm256_store_ps(ob + 2 * hd + 8 * d, o2);
-                _mm256_store_ps(ob + 3 * hd + 8 * d, o3);
-            }
-        }
-        for (int i = 0; i < rb; i++) {
-            const float li = hsum8(l[i]);
-            const __m256 inv = _mm256_set1_ps(li > 0.0f ? 1.0f / li : 0.0f);
-            for (int64_t d = 0; d < nv; d++)
-                _mm256_storeu_ps(out + (r0 + i) * hd + 8 * d, _mm256_mul_ps(_mm256_load_ps(ob + i * hd + 8 * d), inv));
-        }
+    const float *qr[4];
+    int64_t lim[4], lmax;
+    const int rb = attn_rows4(qr, lim, &lmax, q, limit, R, 0, hd);
+    float m[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    __m256 l[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    float *const o[4] = {ob, ob + hd, ob + 2 * hd, ob + 3 * hd};
+    memset(ob, 0, (size_t)(4 * hd) * 4);
+    for (int64_t s0 = 0; s0 < lmax; s0 += ATTN_SPAN) {
+        const int64_t send = lmax - s0 < ATTN_SPAN ? lmax - s0 : ATTN_SPAN, nblk = (send + 15) / 16;
+        span_scores(p, qr, lim, kt, s0 / 16, nblk, s0, hd, kv_f16, sc, v, lmax, 1);
+        for (int i = 0; i < 4; i++) span_softmax(p + ATTN_SPAN * i, nblk, lim[i], s0, &m[i], &l[i], o[i], nv);
+        span_pv(o, p, v, s0, send, hd, kv_f16);
     }
+    for (int i = 0; i < rb; i++) span_finish(out + i * hd, o[i], l[i], nv);
 }
 
 static void silu_mul_avx2(float *g, const float *u, int64_t n) {

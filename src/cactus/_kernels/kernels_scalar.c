@@ -88,7 +88,9 @@ size_t kernels_scratch_bytes(int64_t kp) {
 }
 
 size_t attn_scratch_floats(int64_t R, int64_t hd) {
-    return (size_t)(R * hd + 2 * R + 16 * R + 64);
+    /* the scalar kernel's rows, scores and sums; AVX2's prefill adds a span of keys and values in
+     * f32 (2 * ATTN_SPAN * hd), each row's output, max and vector sum (R * (hd + 1 + 8)), alignment */
+    return (size_t)(R * hd + 2 * R + 16 * R + 64 + 2 * ATTN_SPAN * hd + R * (hd + 9) + 32);
 }
 
 /* ------------------------------------------------------------------ activations */
