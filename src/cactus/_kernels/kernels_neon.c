@@ -495,104 +495,172 @@ static void silu_mul_neon(float *g, const float *u, int64_t n) {
 }
 
 /* Rows in blocks of 4 (a GQA group at one query position, as kernels_avx2.c does), so each key and
- * value vector, converted from f16 once, serves four rows. Positions go in spans of 64 (four key
- * blocks of 16), as in kernels_avx2.c: the scores (4 x 64) from the d-major key blocks, then per
- * row one online-softmax step for the span (vector max, exp4, a vector running sum: the step per
- * block of 16 had taken 16 scalar expf per row), then o += p V with 16 accumulators (4 rows x 4
- * slices of 4 floats of hd: independent FMA chains enough to cover the FMA latency on cores with
- * four FMA pipes). The span after next is prefetched, one line of keys and values per d. A short
- * block repeats its last row (same limit), whose results are not stored. */
+ * value vector serves four rows. Positions go in spans of 64 (four key blocks of 16), as in
+ * kernels_avx2.c: the scores (4 x 64) from the d-major key blocks (span_scores4), then per row one
+ * online-softmax step for the span (vector max, exp4, a vector running sum: span_softmax4; the step
+ * per block of 16 had taken 16 scalar expf per row), then o += p V with 16 accumulators (4 rows x
+ * 4 slices of 4 floats of hd: independent FMA chains enough to cover the FMA latency on cores with
+ * four FMA pipes: span_pv4). Decode (R <= 4) reads the cache directly and prefetches the span
+ * after next, one line of keys and values per d; prefill (R > 4) converts each span's keys and
+ * values to f32 once for all the call's row blocks and keeps each row's state in scratch between
+ * spans, as kernels_avx2.c does (there, x1.17-1.27). A short block repeats its last row (same
+ * limit), whose results are not stored. */
+static inline __attribute__((always_inline)) void span_scores4(float p[4][ATTN_SPAN], const float *const qr[4],
+                                                               const int64_t lim[4], const void *kt, int64_t blk0,
+                                                               int64_t nblk, int64_t s0, int64_t hd, int kv_f16,
+                                                               float scale, const void *v, int64_t lmax, int ahead) {
+    for (int64_t b = 0; b < nblk; b++) {
+        const int64_t blk = blk0 + b;
+        const AttnAhead ah = ahead ? attn_ahead(kt, v, s0, b, lmax, hd, kv_f16 ? 2 : 4) : (AttnAhead){NULL, NULL, 0};
+        float32x4_t sc[4][4];  /* row, 4 positions */
+        for (int i = 0; i < 4; i++)
+            for (int c = 0; c < 4; c++) sc[i][c] = vdupq_n_f32(0.0f);
+        for (int64_t d = 0; d < hd; d++) {
+            if (ahead) attn_ahead_step(&ah, d);
+            float32x4_t k[4];
+            for (int c = 0; c < 4; c++) k[c] = kv4(kt, (blk * hd + d) * 16 + 4 * c, kv_f16);
+            for (int i = 0; i < 4; i++) {
+                const float qd = qr[i][d];
+                for (int c = 0; c < 4; c++) sc[i][c] = vfmaq_n_f32(sc[i][c], k[c], qd);
+            }
+        }
+        for (int i = 0; i < 4; i++) {
+            float *pi = p[i] + 16 * b;
+            for (int c = 0; c < 4; c++) vst1q_f32(pi + 4 * c, vmulq_n_f32(sc[i][c], scale));
+            attn_mask_block(pi, lim[i] - s0 - 16 * b);
+        }
+    }
+}
+
+static inline void span_softmax4(float *pi, int64_t nblk, int64_t lim, int64_t s0, float *m, float32x4_t *l, float *o,
+                                 int64_t nv) {
+    if (lim <= s0) { memset(pi, 0, sizeof(float) * ATTN_SPAN); return; }  /* sees none of the span */
+    float32x4_t mx = vld1q_f32(pi);
+    for (int64_t j = 4; j < 16 * nblk; j += 4) mx = vmaxq_f32(mx, vld1q_f32(pi + j));
+    const float bm = vmaxvq_f32(mx);
+    if (bm > *m) {
+        const float c = *m == -INFINITY ? 0.0f : expf(*m - bm);
+        *l = vmulq_n_f32(*l, c);
+        for (int64_t d = 0; d < nv; d++) vst1q_f32(o + 4 * d, vmulq_n_f32(vld1q_f32(o + 4 * d), c));
+        *m = bm;
+    }
+    const float32x4_t mi = vdupq_n_f32(*m);
+    for (int64_t j = 0; j < 16 * nblk; j += 4) {  /* exp4 takes -inf (masked) to 0 */
+        const float32x4_t e = exp4(vsubq_f32(vld1q_f32(pi + j), mi));
+        vst1q_f32(pi + j, e);
+        *l = vaddq_f32(*l, e);
+    }
+}
+
+static inline __attribute__((always_inline)) void span_pv4(float *const ob[4], const float p[4][ATTN_SPAN], const void *v,
+                                                           int64_t j0, int64_t send, int64_t hd, int kv_f16) {
+    const int64_t nv = hd / 4;
+    int64_t d = 0;
+    for (; d + 4 <= nv; d += 4) {  /* 4 slices x 4 rows: 16 independent fma chains */
+        float32x4_t o[4][4];
+        for (int i = 0; i < 4; i++)
+            for (int c = 0; c < 4; c++) o[i][c] = vld1q_f32(ob[i] + 4 * (d + c));
+        for (int64_t j = 0; j < send; j++) {
+            float32x4_t vv[4];
+            for (int c = 0; c < 4; c++) vv[c] = kv4(v, (j0 + j) * hd + 4 * (d + c), kv_f16);
+            for (int i = 0; i < 4; i++) {
+                const float pj = p[i][j];
+                for (int c = 0; c < 4; c++) o[i][c] = vfmaq_n_f32(o[i][c], vv[c], pj);
+            }
+        }
+        for (int i = 0; i < 4; i++)
+            for (int c = 0; c < 4; c++) vst1q_f32(ob[i] + 4 * (d + c), o[i][c]);
+    }
+    for (; d < nv; d++) {
+        float32x4_t o0 = vld1q_f32(ob[0] + 4 * d), o1 = vld1q_f32(ob[1] + 4 * d);
+        float32x4_t o2 = vld1q_f32(ob[2] + 4 * d), o3 = vld1q_f32(ob[3] + 4 * d);
+        for (int64_t j = 0; j < send; j++) {
+            const float32x4_t vv = kv4(v, (j0 + j) * hd + 4 * d, kv_f16);
+            o0 = vfmaq_n_f32(o0, vv, p[0][j]);
+            o1 = vfmaq_n_f32(o1, vv, p[1][j]);
+            o2 = vfmaq_n_f32(o2, vv, p[2][j]);
+            o3 = vfmaq_n_f32(o3, vv, p[3][j]);
+        }
+        vst1q_f32(ob[0] + 4 * d, o0);
+        vst1q_f32(ob[1] + 4 * d, o1);
+        vst1q_f32(ob[2] + 4 * d, o2);
+        vst1q_f32(ob[3] + 4 * d, o3);
+    }
+}
+
+static inline void span_finish4(float *out, const float *o, float32x4_t l, int64_t nv) {
+    const float li = vaddvq_f32(l), inv = li > 0.0f ? 1.0f / li : 0.0f;
+    for (int64_t d = 0; d < nv; d++) vst1q_f32(out + 4 * d, vmulq_n_f32(vld1q_f32(o + 4 * d), inv));
+}
+
+static void attn_neon_prefill(float *out, const float *q, int64_t R, const int64_t *limit, const void *kt,
+                              const void *v, int64_t hd, float scale, int kv_f16, float *scratch) {
+    const int64_t nv = hd / 4;
+    float p[4][ATTN_SPAN];
+    float dummy_o[4 * 256], dummy_m[4];  /* the repeated rows of a short block write here */
+    float32x4_t dummy_l[4];
+    float *kf = (float *)(((uintptr_t)scratch + 31) & ~(uintptr_t)31), *vf = kf + ATTN_SPAN * hd;
+    float *ob = vf + ATTN_SPAN * hd, *mr = ob + R * hd;
+    float32x4_t *lr = (float32x4_t *)(((uintptr_t)(mr + R) + 31) & ~(uintptr_t)31);
+    int64_t lmax = 0;
+    for (int64_t r = 0; r < R; r++) {
+        lmax = limit[r] > lmax ? limit[r] : lmax;
+        mr[r] = -INFINITY;
+        lr[r] = vdupq_n_f32(0.0f);
+    }
+    memset(ob, 0, (size_t)(R * hd) * 4);
+    for (int64_t s0 = 0; s0 < lmax; s0 += ATTN_SPAN) {
+        const int64_t send = lmax - s0 < ATTN_SPAN ? lmax - s0 : ATTN_SPAN, nblk = (send + 15) / 16;
+        const float *ks = (const float *)kt + s0 * hd, *vs = (const float *)v + s0 * hd;  /* f32 cache: in place */
+        if (kv_f16) {  /* whole key blocks (their tails are masked), the span's value rows */
+            for (int64_t e = 0; e < nblk * 16 * hd; e += 4) vst1q_f32(kf + e, kv4(kt, s0 * hd + e, 1));
+            for (int64_t e = 0; e < send * hd; e += 4) vst1q_f32(vf + e, kv4(v, s0 * hd + e, 1));
+            ks = kf;
+            vs = vf;
+        }
+        for (int64_t r0 = 0; r0 < R; r0 += 4) {
+            const float *qr[4];
+            int64_t lim[4], gmax;
+            const int rb = attn_rows4(qr, lim, &gmax, q, limit, R, r0, hd);
+            if (gmax <= s0) continue;  /* the block sees none of the span */
+            float *o[4], *m[4];
+            float32x4_t *l[4];
+            for (int i = 0; i < 4; i++) {
+                const int real = i < rb;
+                o[i] = real ? ob + (r0 + i) * hd : dummy_o + i * hd;
+                m[i] = real ? mr + r0 + i : dummy_m + i;
+                l[i] = real ? lr + r0 + i : dummy_l + i;
+                if (!real) { *m[i] = mr[r0 + rb - 1]; *l[i] = lr[r0 + rb - 1]; memcpy(o[i], ob + (r0 + rb - 1) * hd, (size_t)hd * 4); }
+            }
+            span_scores4(p, qr, lim, ks, 0, nblk, s0, hd, 0, scale, NULL, 0, 0);
+            for (int i = 0; i < 4; i++) span_softmax4(p[i], nblk, lim[i], s0, m[i], l[i], o[i], nv);
+            span_pv4(o, p, vs, 0, send, hd, 0);
+        }
+    }
+    for (int64_t r = 0; r < R; r++) span_finish4(out + r * hd, ob + r * hd, lr[r], nv);
+}
+
 static void attn_neon(float *out, const float *q, int64_t R, const int64_t *limit, const void *kt,
                       const void *v, int64_t hd, float scale, int kv_f16, float *scratch) {
     if (hd % 4 || hd > 256) { attn_scalar(out, q, R, limit, kt, v, hd, scale, kv_f16, scratch); return; }
-    const int64_t nv = hd / 4, esz = kv_f16 ? 2 : 4;
+    if (R > 4) { attn_neon_prefill(out, q, R, limit, kt, v, hd, scale, kv_f16, scratch); return; }
+    const int64_t nv = hd / 4;
     float p[4][ATTN_SPAN], ob[4][256];
-    for (int64_t r0 = 0; r0 < R; r0 += 4) {
-        const float *qr[4];
-        int64_t lim[4], lmax;
-        const int rb = attn_rows4(qr, lim, &lmax, q, limit, R, r0, hd);
-        float m[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
-        float32x4_t l[4];
-        for (int i = 0; i < 4; i++) l[i] = vdupq_n_f32(0.0f);
-        memset(ob, 0, sizeof ob);
-        for (int64_t s0 = 0; s0 < lmax; s0 += ATTN_SPAN) {
-            const int64_t send = lmax - s0 < ATTN_SPAN ? lmax - s0 : ATTN_SPAN, nblk = (send + 15) / 16;
-            for (int64_t b = 0; b < nblk; b++) {
-                const int64_t blk = s0 / 16 + b;
-                const AttnAhead ah = attn_ahead(kt, v, s0, b, lmax, hd, esz);
-                float32x4_t sc[4][4];  /* row, 4 positions */
-                for (int i = 0; i < 4; i++)
-                    for (int c = 0; c < 4; c++) sc[i][c] = vdupq_n_f32(0.0f);
-                for (int64_t d = 0; d < hd; d++) {
-                    attn_ahead_step(&ah, d);
-                    float32x4_t k[4];
-                    for (int c = 0; c < 4; c++) k[c] = kv4(kt, (blk * hd + d) * 16 + 4 * c, kv_f16);
-                    for (int i = 0; i < 4; i++) {
-                        const float qd = qr[i][d];
-                        for (int c = 0; c < 4; c++) sc[i][c] = vfmaq_n_f32(sc[i][c], k[c], qd);
-                    }
-                }
-                for (int i = 0; i < 4; i++) {
-                    float *pi = p[i] + 16 * b;
-                    for (int c = 0; c < 4; c++) vst1q_f32(pi + 4 * c, vmulq_n_f32(sc[i][c], scale));
-                    attn_mask_block(pi, lim[i] - s0 - 16 * b);
-                }
-            }
-            for (int i = 0; i < 4; i++) {
-                if (lim[i] <= s0) { memset(p[i], 0, sizeof p[i]); continue; }  /* sees none of the span */
-                float32x4_t mx = vld1q_f32(p[i]);
-                for (int64_t j = 4; j < 16 * nblk; j += 4) mx = vmaxq_f32(mx, vld1q_f32(p[i] + j));
-                const float bm = vmaxvq_f32(mx);
-                if (bm > m[i]) {
-                    const float c = m[i] == -INFINITY ? 0.0f : expf(m[i] - bm);
-                    l[i] = vmulq_n_f32(l[i], c);
-                    for (int64_t d = 0; d < nv; d++) vst1q_f32(ob[i] + 4 * d, vmulq_n_f32(vld1q_f32(ob[i] + 4 * d), c));
-                    m[i] = bm;
-                }
-                const float32x4_t mi = vdupq_n_f32(m[i]);
-                for (int64_t j = 0; j < 16 * nblk; j += 4) {  /* exp4 takes -inf (masked) to 0 */
-                    const float32x4_t e = exp4(vsubq_f32(vld1q_f32(p[i] + j), mi));
-                    vst1q_f32(p[i] + j, e);
-                    l[i] = vaddq_f32(l[i], e);
-                }
-            }
-            int64_t d = 0;
-            for (; d + 4 <= nv; d += 4) {  /* 4 slices x 4 rows: 16 independent fma chains */
-                float32x4_t o[4][4];
-                for (int i = 0; i < 4; i++)
-                    for (int c = 0; c < 4; c++) o[i][c] = vld1q_f32(ob[i] + 4 * (d + c));
-                for (int64_t j = 0; j < send; j++) {
-                    float32x4_t vv[4];
-                    for (int c = 0; c < 4; c++) vv[c] = kv4(v, (s0 + j) * hd + 4 * (d + c), kv_f16);
-                    for (int i = 0; i < 4; i++) {
-                        const float pj = p[i][j];
-                        for (int c = 0; c < 4; c++) o[i][c] = vfmaq_n_f32(o[i][c], vv[c], pj);
-                    }
-                }
-                for (int i = 0; i < 4; i++)
-                    for (int c = 0; c < 4; c++) vst1q_f32(ob[i] + 4 * (d + c), o[i][c]);
-            }
-            for (; d < nv; d++) {
-                float32x4_t o0 = vld1q_f32(ob[0] + 4 * d), o1 = vld1q_f32(ob[1] + 4 * d);
-                float32x4_t o2 = vld1q_f32(ob[2] + 4 * d), o3 = vld1q_f32(ob[3] + 4 * d);
-                for (int64_t j = 0; j < send; j++) {
-                    const float32x4_t vv = kv4(v, (s0 + j) * hd + 4 * d, kv_f16);
-                    o0 = vfmaq_n_f32(o0, vv, p[0][j]);
-                    o1 = vfmaq_n_f32(o1, vv, p[1][j]);
-                    o2 = vfmaq_n_f32(o2, vv, p[2][j]);
-                    o3 = vfmaq_n_f32(o3, vv, p[3][j]);
-                }
-                vst1q_f32(ob[0] + 4 * d, o0);
-                vst1q_f32(ob[1] + 4 * d, o1);
-                vst1q_f32(ob[2] + 4 * d, o2);
-                vst1q_f32(ob[3] + 4 * d, o3);
-            }
-        }
-        for (int i = 0; i < rb; i++) {
-            const float li = vaddvq_f32(l[i]), inv = li > 0.0f ? 1.0f / li : 0.0f;
-            for (int64_t d = 0; d < nv; d++) vst1q_f32(out + (r0 + i) * hd + 4 * d, vmulq_n_f32(vld1q_f32(ob[i] + 4 * d), inv));
-        }
+    const float *qr[4];
+    int64_t lim[4], lmax;
+    const int rb = attn_rows4(qr, lim, &lmax, q, limit, R, 0, hd);
+    float m[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    float32x4_t l[4];
+    for (int i = 0; i < 4; i++) l[i] = vdupq_n_f32(0.0f);
+    float *const o[4] = {ob[0], ob[1], ob[2], ob[3]};
+    memset(ob, 0, sizeof ob);
+    for (int64_t s0 = 0; s0 < lmax; s0 += ATTN_SPAN) {
+        const int64_t send = lmax - s0 < ATTN_SPAN ? lmax - s0 : ATTN_SPAN, nblk = (send + 15) / 16;
+        span_scores4(p, qr, lim, kt, s0 / 16, nblk, s0, hd, kv_f16, scale, v, lmax, 1);
+        for (int i = 0; i < 4; i++) span_softmax4(p[i], nblk, lim[i], s0, &m[i], &l[i], o[i], nv);
+        span_pv4(o, p, v, s0, send, hd, kv_f16);
     }
+    for (int i = 0; i < rb; i++) span_finish4(out + i * hd, o[i], l[i], nv);
 }
 
 #ifdef CACTUS_I8MM
