@@ -71,6 +71,43 @@ def test_no_topology_counts_each_cpu(tmp_path):
     assert cpus.linux_plan([0, 1, 2], str(tmp_path)) == ([0, 1, 2], 3)
 
 
+def cgroups(root: Path, proc_lines: list[str], files: dict[str, str]) -> tuple[str, str]:
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text + "\n")
+    proc = root / "proc_self_cgroup"
+    proc.write_text("\n".join(proc_lines) + "\n")
+    return str(root), str(proc)
+
+
+def test_cgroup_quota_caps_the_threads(tmp_path, monkeypatch):
+    # v2, a container with --cpus=1.5 (its own cgroup is "/" in its namespace)
+    root, proc = cgroups(tmp_path / "a", ["0::/"], {"cpu.max": "150000 100000"})
+    assert cpus.cgroup_cpus(root, proc) == 1.5
+    # v2 without a limit; a limit on an ancestor of a nested cgroup counts
+    root, proc = cgroups(tmp_path / "b", ["0::/app/job"], {"cpu.max": "max 100000", "app/job/cpu.max": "max 100000",
+                                                          "app/cpu.max": "300000 100000"})
+    assert cpus.cgroup_cpus(root, proc) == 3.0
+    # v1 (hybrid hierarchy): quota -1 is no limit, 200000/100000 is two CPUs
+    root, proc = cgroups(tmp_path / "c", ["1:cpu,cpuacct:/", "0::/"],
+                         {"cpu,cpuacct/cpu.cfs_quota_us": "-1", "cpu,cpuacct/cpu.cfs_period_us": "100000"})
+    assert cpus.cgroup_cpus(root, proc) is None
+    root, proc = cgroups(tmp_path / "d", ["1:cpu,cpuacct:/", "0::/"],
+                         {"cpu,cpuacct/cpu.cfs_quota_us": "200000", "cpu,cpuacct/cpu.cfs_period_us": "100000"})
+    assert cpus.cgroup_cpus(root, proc) == 2.0
+    assert cpus.cgroup_cpus(root, str(tmp_path / "missing")) is None
+    # the default thread count: 1.5 CPUs of time -> 2 threads, however many cores are allowed
+    if hasattr(os, "sched_getaffinity"):
+        monkeypatch.setattr(sys, "platform", "linux")
+        monkeypatch.setattr(cpus, "linux_plan", lambda allowed: (list(range(16)), 16))
+        monkeypatch.setattr(cpus, "cgroup_cpus", lambda: 1.5)
+        assert cpus.plan() == (list(range(16)), 2)
+        monkeypatch.setattr(cpus, "cgroup_cpus", lambda: 0.2)
+        assert cpus.plan()[1] == 1
+        monkeypatch.setattr(cpus, "cgroup_cpus", lambda: None)
+        assert cpus.plan()[1] == 16
+
+
 def test_apple_silicon_counts_performance_cores(monkeypatch):
     values = {"hw.perflevel0.physicalcpu": 8, "hw.physicalcpu": 12}
     monkeypatch.setattr(sys, "platform", "darwin")

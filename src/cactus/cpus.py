@@ -11,12 +11,14 @@ slower core is used (`CACTUS_THREADS` or `--threads` asks for more).
   `topology/core_cpus_list` (SMT siblings), of the fast kind by the `cpu_core` PMU's CPU list on
   Intel hybrid parts (P-cores; `cpu_atom` lists the E-cores), else by `cpu_capacity` (Arm, RISC-V:
   a core counts when its capacity is over half the largest, so big and prime cores, not LITTLE).
+  No more threads than the CPU time a cgroup quota allows (containers started with `--cpus`).
 - macOS: `hw.perflevel0.physicalcpu` (performance cores), else `hw.physicalcpu`; threads are not
   pinned (macOS has no CPU affinity).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -81,11 +83,48 @@ def _sysctl_int(name: str) -> int | None:
     return int(value.value) if size.value in (4, 8) else None
 
 
+def cgroup_cpus(root: str = "/sys/fs/cgroup", proc: str = "/proc/self/cgroup") -> float | None:
+    """CPUs' worth of time this process's cgroup and its ancestors allow (the smallest
+    quota / period: cgroup v2 `cpu.max`, v1 `cpu.cfs_quota_us` / `cpu.cfs_period_us`), or None where
+    none is set. A container started with `--cpus=2` on a 32-core host sees 32 CPUs it may run on
+    but only two CPUs' time: 32 spinning threads would spend most of it throttled."""
+    try:
+        with open(proc) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    found: list[float] = []
+
+    def ancestors(path: str) -> list[str]:
+        parts = [x for x in path.split("/") if x]
+        return ["/" + "/".join(parts[:i]) if i else "" for i in range(len(parts), -1, -1)]
+
+    for line in lines:
+        hier, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hier == "0" and controllers == "":  # v2 (pure, or the unified half of a hybrid)
+            for mount in (root, root + "/unified"):
+                for a in ancestors(path):
+                    text = _read(f"{mount}{a}/cpu.max")
+                    quota, _, period = (text or "").partition(" ")
+                    if quota.isdigit() and period.strip().isdigit() and int(period) > 0:
+                        found.append(int(quota) / int(period))
+        elif "cpu" in controllers.split(","):  # v1
+            for mount in (root + "/cpu", root + "/cpu,cpuacct", root + "/cpuacct,cpu"):
+                for a in ancestors(path):
+                    quota, period = _read(f"{mount}{a}/cpu.cfs_quota_us"), _read(f"{mount}{a}/cpu.cfs_period_us")
+                    if quota and period and quota.isdigit() and period.isdigit() and int(period) > 0:
+                        found.append(int(quota) / int(period))
+    return min(found) if found else None
+
+
 def plan() -> tuple[list[int], int]:
     """(CPUs to pin workers to, in order, or [] for no pinning; default thread count)."""
     if sys.platform == "darwin":
         n = _sysctl_int("hw.perflevel0.physicalcpu") or _sysctl_int("hw.physicalcpu") or os.cpu_count() or 1
         return [], max(1, n)
     if hasattr(os, "sched_getaffinity"):
-        return linux_plan(sorted(os.sched_getaffinity(0)))
+        order, n = linux_plan(sorted(os.sched_getaffinity(0)))
+        limit = cgroup_cpus()
+        return order, n if limit is None else max(1, min(n, math.ceil(limit - 1e-9)))
     return [], max(1, os.cpu_count() or 1)
