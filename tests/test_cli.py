@@ -277,6 +277,7 @@ def test_bench_synthetic_tiny_reports_speed_memory_and_bandwidth(tmp_path):
                 "bw_gbs", "prefill_gmacs", "prefill_pct_of_compute"):
         assert result[key] > 0, key
     assert (tmp_path / "synthetic" / "tiny-int4" / "model.safetensors").is_file()
+    assert result["cpu"] and result["cpu"] != "unknown"
     # steal over a decode run: None where it is shorter than the kernel's tick (as here) or not Linux
     assert all(x is None or 0 <= x <= 100 for x in result["decode_steal_pct_all"])
     if sys.platform.startswith("linux"):

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from . import memory
+from .cpus import cpu_name
 
 
 class AnonSampler:
@@ -190,8 +191,8 @@ def run(model_dir: Path, prompt: int, gen: int, runs: int, threads: int | None, 
     if threads:
         ops.set_threads(threads)
     nthreads = ops.threads()
-    res: dict = {"model": str(model_dir), "isa": ops.isa(), "threads": nthreads, "prompt": prompt, "gen": gen,
-                 "runs": runs}
+    res: dict = {"model": str(model_dir), "cpu": cpu_name(), "isa": ops.isa(), "threads": nthreads, "prompt": prompt,
+                 "gen": gen, "runs": runs}
     with AnonSampler() as anon:
         model = engine.load(model_dir, max_context=prompt + gen + 8)
         if prompt + gen > model.max_context:
@@ -255,6 +256,7 @@ def format_result(r: dict) -> str:
                      for (d, (b0, b1), p), st in zip(per_run, r["decode_steal_pct_all"], strict=True))
     return "\n".join([
         f"model          {r['model']}  ({r['quant']}, {r['isa']}, {r['threads']} threads)",
+        f"cpu            {r.get('cpu', 'unknown')}",
         f"prefill        {r['prefill_tps']:.1f} tok/s   ({r['prompt']} tokens; runs: "
         + ", ".join(f"{x:.1f}" for x in r["prefill_tps_all"]) + ")",
         f"prefill work   {r['prefill_gmacs']:.1f} GMAC/s of weight products; median "

@@ -118,6 +118,29 @@ def cgroup_cpus(root: str = "/sys/fs/cgroup", proc: str = "/proc/self/cgroup") -
     return min(found) if found else None
 
 
+def cpu_name() -> str:
+    """The processor's name, for reports: /proc/cpuinfo's model name (x86; Arm Linux often lacks
+    one), macOS's machdep.cpu.brand_string, else the architecture."""
+    if sys.platform == "darwin":
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL("/usr/lib/libSystem.B.dylib")
+            buf, size = ctypes.create_string_buffer(256), ctypes.c_size_t(256)
+            if libc.sysctlbyname(b"machdep.cpu.brand_string", buf, ctypes.byref(size), None, ctypes.c_size_t(0)) == 0:
+                return buf.value.decode(errors="replace").strip()
+        except OSError:
+            pass
+    text = _read("/proc/cpuinfo") or ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("model name", "Model", "Hardware") and value.strip():
+            return value.strip()
+    import platform
+
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def plan() -> tuple[list[int], int]:
     """(CPUs to pin workers to, in order, or [] for no pinning; default thread count)."""
     if sys.platform == "darwin":
