@@ -5,6 +5,7 @@ written here, and the pinning itself checked on this machine's threads."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -142,3 +143,20 @@ def test_workers_are_pinned_in_the_given_order():
             ops._ext().set_threads(2, [-1])
     finally:
         ops.set_threads(before)
+
+
+@pytest.mark.parametrize("env,says", [({"CACTUS_THREADS": "abc"}, "CACTUS_THREADS must be a whole number"),
+                                      ({"CACTUS_THREADS": "0"}, "CACTUS_THREADS must be a whole number"),
+                                      ({"CACTUS_ISA": "nonesuch"}, "ISA 'nonesuch' is unknown")])
+def test_bad_kernel_settings_fail_every_time(env, says):
+    # a second use must fail too, never fall back silently to the numpy references
+    code = ("from cactus import ops\n"
+            "for _ in range(2):\n"
+            "    try:\n"
+            "        ops.isa()\n"
+            "    except ValueError as e:\n"
+            "        print('error:', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, **env))
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2 and all(says in line for line in lines), out.stdout + out.stderr

@@ -162,17 +162,24 @@ _started = False
 
 
 def _lib():
+    """The kernels as CACTUS_ISA and CACTUS_THREADS set them up, on first use. A bad setting raises
+    every time it is used (never a silent fall back to the numpy references)."""
     global _k, _started
     if not _started:
-        _started = True
         from . import _kernels as k
 
         isa = os.environ.get("CACTUS_ISA", "").strip().lower()
         if isa and isa != "ref":
             k.set_isa(isa)  # ValueError names an ISA this CPU cannot run
         order, n = cpus.plan()
-        k.set_threads(int(os.environ.get("CACTUS_THREADS") or n), order)
+        env = os.environ.get("CACTUS_THREADS", "").strip()
+        if env:
+            if not env.isdigit() or not 1 <= int(env) <= 256:
+                raise ValueError(f"CACTUS_THREADS must be a whole number from 1 to 256, got {env!r}")
+            n = int(env)
+        k.set_threads(n, order)
         _k = None if isa == "ref" else k
+        _started = True
     return _k
 
 
