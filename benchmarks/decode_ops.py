@@ -1,12 +1,13 @@
 """Where a decoded token's time goes: each kernel entry point timed, with the weight bytes it reads.
 
-    python benchmarks/decode_ops.py MODEL_DIR [TOKENS] [ROUNDS]
+    python benchmarks/decode_ops.py MODEL_DIR [TOKENS] [ROUNDS] [PROMPT=8]
 
 Each round reads a 512 MiB buffer (memory bandwidth, best of 3), decodes TOKENS tokens greedily
 with every call into cactus._kernels timed, reads again, and prints: wall time per token, time
 inside kernel calls, time inside the calls that read weights and the GB/s they stream, then one
 line per kind of call (per token: calls, ms, GB/s of weights, microseconds per call). Wall time
-minus time in calls is Python. The timing wrapper adds well under a microsecond per call. Decode
+minus time in calls is Python. The timing wrapper adds well under a microsecond per call. PROMPT
+random tokens are prefilled first (the context decode attends over). Decode
 runs op by op here (`net.fused = False`); normally a token is one call (ops.decode).
 """
 
@@ -53,7 +54,8 @@ def main() -> None:
     model_dir = sys.argv[1]
     ntok = int(sys.argv[2]) if len(sys.argv) > 2 else 32
     rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 4
-    model = engine.load(model_dir, max_context=rounds * ntok + 16)
+    prompt = int(sys.argv[4]) if len(sys.argv) > 4 else 8
+    model = engine.load(model_dir, max_context=prompt + rounds * ntok + 16)
     model.net.fused = False  # op by op, as the Python path runs them, so each op is timed on its own
     ops.read_memory(model.weights.file._mmap, 64)  # the page cache holds the file
     nbytes = weight_handles(model.net)
@@ -86,7 +88,8 @@ def main() -> None:
     def bandwidth() -> float:
         return read_bandwidth(probe, 3)
 
-    tok = int(model.forward(np.arange(8), last_only=True).argmax())
+    ids = np.random.default_rng(0).integers(0, model.config.vocab_size, prompt)
+    tok = int(model.forward(ids, last_only=True).argmax())
     for _ in range(rounds):
         stats.clear()
         b0 = bandwidth()
