@@ -59,22 +59,12 @@ def private_bytes() -> int | None:
     """Memory the process holds itself, weights' page cache excluded (RssAnon; phys_footprint)."""
     if LINUX:
         return _status_bytes("RssAnon")
-    if DARWIN:
-        try:
-            return _mach_vm_info()[0]
-        except OSError:
-            return None
-    return None
+    return _mach_vm_info()[0] if DARWIN else None
 
 
 def peak_private_bytes() -> int | None:
     """The kernel's own peak of private_bytes where it keeps one (macOS 10.15+), else None."""
-    if DARWIN:
-        try:
-            return _mach_vm_info()[1]
-        except OSError:
-            return None
-    return None
+    return _mach_vm_info()[1] if DARWIN else None
 
 
 def shmem_bytes() -> int | None:
@@ -134,11 +124,15 @@ def _mach_basic_info() -> _MachTaskBasicInfo:
     return info
 
 
-def _mach_vm_info() -> tuple[int, int | None]:
-    """(phys_footprint, its peak or None where the kernel is older than rev3)."""
+def _mach_vm_info() -> tuple[int | None, int | None]:
+    """(phys_footprint, its peak), each None where this macOS does not give it (the peak needs
+    rev3 of the struct, macOS 10.15+)."""
     info = _TaskVmInfo()
-    words = _task_info(TASK_VM_INFO, info)
+    try:
+        words = _task_info(TASK_VM_INFO, info)
+    except OSError:
+        return None, None
     if words < _REV1_WORDS:
-        raise OSError("task_info(TASK_VM_INFO) has no phys_footprint on this macOS")
+        return None, None
     peak = int(info.ledger_phys_footprint_peak) if words >= _REV3_PEAK_WORDS else None
     return int(info.phys_footprint), peak

@@ -188,6 +188,17 @@ static void pack_panel4(int8_t *P, float *PS, const QMat *w, int64_t r0, int64_t
         A = vdotq_laneq_s32(A, wv[3], X0, 3); B = vdotq_laneq_s32(B, wv[7], X1, 3);          \
     } while (0)
 
+/* The NT tokens of a pass from t0 (tb real: a short pass repeats its last): quantized activations
+ * and group scales. */
+static inline __attribute__((always_inline)) void pass_tokens(const int8_t *q[4], const float *s[4], const ActLayout *L,
+                                                              const uint8_t *act, int64_t t0, int tb, int NT) {
+    for (int t = 0; t < NT; t++) {
+        const uint8_t *a = act + (t0 + (t < tb ? t : tb - 1)) * L->stride;
+        q[t] = (const int8_t *)(a + L->off_q);
+        s[t] = (const float *)(a + L->off_s);
+    }
+}
+
 /* One pass of NT tokens from t0 (NT a constant where this is inlined, so the arrays are
  * registers): a pass costs the same whatever its real tokens, so the last 1-2 tokens of a panel
  * run in a pass of their own width rather than in a pass of 4 that repeats the last. */
@@ -196,11 +207,7 @@ static inline __attribute__((always_inline)) void panel4_pass(float *y, int64_t 
                                                               int64_t t0, int tb, int64_t rows, const int NT) {
     const int8_t *q[4];
     const float *s[4];
-    for (int t = 0; t < NT; t++) {
-        const uint8_t *a = act + (t0 + (t < tb ? t : tb - 1)) * L->stride;
-        q[t] = (const int8_t *)(a + L->off_q);
-        s[t] = (const float *)(a + L->off_s);
-    }
+    pass_tokens(q, s, L, act, t0, tb, NT);
     float32x4_t f[4];
     for (int t = 0; t < NT; t++) f[t] = vdupq_n_f32(0.0f);
     for (int64_t g = 0; g < ng; g++) {
@@ -294,11 +301,7 @@ static inline __attribute__((always_inline)) void panel8_mm_pass(float *y, int64
                                                                  int64_t rows, const int NT) {
     const int8_t *q[4];
     const float *s[4];
-    for (int t = 0; t < NT; t++) {
-        const uint8_t *a = act + (t0 + (t < tb ? t : tb - 1)) * L->stride;
-        q[t] = (const int8_t *)(a + L->off_q);
-        s[t] = (const float *)(a + L->off_s);
-    }
+    pass_tokens(q, s, L, act, t0, tb, NT);
     float32x4_t f[MM_ROWS / 2][2];  /* [row pair][token pair]: (r, t), (r, t + 1), (r + 1, t), (r + 1, t + 1) */
     for (int pr = 0; pr < MM_ROWS / 2; pr++)
         for (int tp = 0; tp < NT / 2; tp++) f[pr][tp] = vdupq_n_f32(0.0f);
