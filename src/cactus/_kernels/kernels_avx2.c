@@ -24,6 +24,16 @@ static inline float hmax8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+/* Per 128-bit half, the sums of the 4 dwords of a, b, c and d, in that order: what
+ * hadd(hadd(a, b), hadd(c, d)) gives, by unpacks and adds. vphaddd ymm issues about one per 2
+ * cycles on Zen 3, and three per 8 groups and row cost int4 decode 7 % and int8 4 % of its
+ * in-cache rate (benchmarks/c/kernel_rate.c, 8 alternations). */
+static inline __m256i sum4x4(__m256i a, __m256i b, __m256i c, __m256i d) {
+    const __m256i ab = _mm256_add_epi32(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b));  /* a02 b02 a13 b13 */
+    const __m256i cd = _mm256_add_epi32(_mm256_unpacklo_epi32(c, d), _mm256_unpackhi_epi32(c, d));
+    return _mm256_add_epi32(_mm256_unpacklo_epi64(ab, cd), _mm256_unpackhi_epi64(ab, cd));
+}
+
 /* ------------------------------------------------------------------ activations */
 
 /* x[0..min(n, 8)) as 8 lanes, zeros past n (n <= 0: all zeros). */
@@ -178,7 +188,7 @@ static float dot_int4(const uint8_t *row, const uint16_t *sw, int64_t g0, int64_
 
 /* Two int4 rows against one token, 8 groups (4 steps of 32 packed bytes) per iteration; the
  * activation loads are shared. A step's lanes 0-3 belong to group 2j and 4-7 to 2j + 1; the four
- * steps' int32 lanes are summed per group by three vphaddd (groups come out as 0 2 4 6 | 1 3 5 7,
+ * steps' int32 lanes are summed per group by sum4x4 (groups come out as 0 2 4 6 | 1 3 5 7,
  * put back in order by one permute), so the 8 * sum(x) correction, the conversion and the scaling
  * run once per 8 groups instead of once per step. The last < 8 groups: dot_int4. */
 static void dot_int4_x2(float y[2], const uint8_t *ra, const uint8_t *rb, const uint16_t *swa, const uint16_t *swb,
@@ -208,10 +218,8 @@ static void dot_int4_x2(float y[2], const uint8_t *ra, const uint8_t *rb, const 
         }
         const __m256i corr = _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)(sum + g)), 3);  /* u = q + 8 */
         const __m256 s8 = _mm256_loadu_ps(sx + g);
-        const __m256i ta = _mm256_permutevar8x32_epi32(
-            _mm256_hadd_epi32(_mm256_hadd_epi32(ia[0], ia[1]), _mm256_hadd_epi32(ia[2], ia[3])), order);
-        const __m256i tb = _mm256_permutevar8x32_epi32(
-            _mm256_hadd_epi32(_mm256_hadd_epi32(ib[0], ib[1]), _mm256_hadd_epi32(ib[2], ib[3])), order);
+        const __m256i ta = _mm256_permutevar8x32_epi32(sum4x4(ia[0], ia[1], ia[2], ia[3]), order);
+        const __m256i tb = _mm256_permutevar8x32_epi32(sum4x4(ib[0], ib[1], ib[2], ib[3]), order);
         const __m256 sa8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(swa + g)));
         const __m256 sb8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(swb + g)));
         fa = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(ta, corr)), _mm256_mul_ps(sa8, s8), fa);
@@ -226,7 +234,7 @@ static void dot_int4_x2(float y[2], const uint8_t *ra, const uint8_t *rb, const 
 }
 
 /* int8: one group (32 bytes) per vector, |x| * (w with x's sign). 8 groups per iteration: their
- * int32 lanes are reduced to 8 group sums, in order, by six vphaddd and one fold of the 128-bit
+ * int32 lanes are reduced to 8 group sums, in order, by two sum4x4 and one fold of the 128-bit
  * halves, then converted and scaled once (was: a convert, a scalar scale and an fma per group).
  * The last < 8 groups one at a time. */
 /* 8 int32 lanes, each the sum of 4 products of one int8 group (32 bytes of w and x) */
@@ -245,8 +253,8 @@ static float dot_int8(const uint8_t *row, const uint16_t *sw, int64_t ng, const 
 #pragma GCC unroll 8
         for (int k = 0; k < 8; k++) v[k] = dot32_int8(row + 32 * (g + k), q + 32 * (g + k));
         /* [g0 g1 g2 g3 | g0 g1 g2 g3] from lanes 0-3 and 4-7 of each group, and the same for g4..g7 */
-        const __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
-        const __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+        const __m256i a = sum4x4(v[0], v[1], v[2], v[3]);
+        const __m256i b = sum4x4(v[4], v[5], v[6], v[7]);
         const __m256i t = _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
         const __m256 sc = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sw + g))), _mm256_loadu_ps(s + g));
         f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), sc, f);
