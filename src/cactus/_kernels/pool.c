@@ -164,9 +164,14 @@ static void run_team(Pool *p, pool_fn fn, void *arg) {
         pthread_mutex_unlock(&p->mu);
     }
     fn(arg, 0);
+    /* Both sides of the handshake are sequentially consistent, the loads included: with an acquire
+     * load here, C11 (and Arm's RCpc `ldapr`, which compilers may emit for acquire on Apple
+     * Silicon and Armv8.3+) lets this load of joined be satisfied before the store of closed is
+     * visible, so a worker could read closed == 0 and start the job after the caller had seen
+     * joined == 0 and returned. */
     atomic_store(&p->closed, 1);
     unsigned spins = 0;
-    while (atomic_load_explicit(&p->joined, memory_order_acquire) > 0)
+    while (atomic_load(&p->joined) > 0)
         if (++spins % 1024 == 0) sched_yield(); else cpu_relax();
 }
 
