@@ -155,6 +155,78 @@ static void test_silu(const Kernels *k, int64_t n) {
     free(g); free(u); free(ref);
 }
 
+/* The driver's composed ops on table k with two threads, against the same ops on the scalar
+ * table (the pool is shared): SwiGLU and MoE at decode (1 token) and prefill shapes (tokens
+ * grouped by expert, a pass of 4 and tails; an expert nobody chose), attention at decode (one
+ * query position late in the cache) and prefill (query blocks of 16, GQA groups, a block that
+ * starts mid-cache). The hidden activations are re-quantized inside SwiGLU and MoE, where a last-bit
+ * difference could move one rounding, so those take 1e-4 (avx2 and qemu's neon/i8mm agree with
+ * scalar to ~2e-7 here). */
+static void test_driver(const Kernels *k, Pool *pool, Arena *arena) {
+    const Ctx c = {k, pool, arena}, s = {&kernels_scalar, pool, NULL};
+    const int64_t D = 96, I = 64, E = 6, A = 2;
+    for (int fmt = FMT_INT8; fmt <= FMT_INT4; fmt++) {
+        Owned w1 = make_weight(fmt, E * I, D, 32), w3 = make_weight(fmt, E * I, D, 32), w2 = make_weight(fmt, E * D, I, 32);
+        QStack st[3];
+        const Owned *ow[3] = {&w1, &w3, &w2};
+        for (int i = 0; i < 3; i++) {
+            st[i].m = ow[i]->m;
+            st[i].m.n = i == 2 ? D : I;
+            st[i].e = E;
+            st[i].data_stride = st[i].m.n * st[i].m.row_bytes;
+            st[i].scale_stride = st[i].m.n * st[i].m.ng;
+        }
+        static const int64_t tokens[] = {1, 3, 4, 37};
+        for (size_t ti = 0; ti < sizeof tokens / sizeof *tokens; ti++) {
+            const int64_t T = tokens[ti];
+            float *x = malloc((size_t)(T * D) * 4), *y = malloc((size_t)(T * D) * 4), *ref = malloc((size_t)(T * D) * 4);
+            float *wts = malloc((size_t)(T * A) * 4);
+            int32_t *idx = malloc((size_t)(T * A) * 4);
+            for (int64_t i = 0; i < T * D; i++) x[i] = frand();
+            for (int64_t t = 0; t < T; t++) {  /* experts 0..4, two different ones per token; 5 never */
+                idx[t * A] = (int32_t)(rnd() % 5);
+                idx[t * A + 1] = (idx[t * A] + 1 + (int32_t)(rnd() % 4)) % 5;
+                wts[t * A] = 0.25f + 0.5f * (float)(rnd() % 100) / 100.0f;
+                wts[t * A + 1] = 1.0f - wts[t * A];
+            }
+            char what[64];
+            drv_moe(&c, y, x, T, idx, wts, A, &st[0], &st[1], &st[2]);
+            drv_moe(&s, ref, x, T, idx, wts, A, &st[0], &st[1], &st[2]);
+            snprintf(what, sizeof what, "driver moe fmt=%d T=%lld", fmt, (long long)T);
+            check(what, k->name, y, ref, T * D, 1e-4f);
+            drv_swiglu(&c, y, x, T, &st[0].m, &st[1].m, &st[2].m);
+            drv_swiglu(&s, ref, x, T, &st[0].m, &st[1].m, &st[2].m);
+            snprintf(what, sizeof what, "driver swiglu fmt=%d T=%lld", fmt, (long long)T);
+            check(what, k->name, y, ref, T * D, 1e-4f);
+            free(x); free(y); free(ref); free(wts); free(idx);
+        }
+        free(w1.data); free(w1.scales); free(w3.data); free(w3.scales); free(w2.data); free(w2.scales);
+    }
+    const int64_t H = 8, Hkv = 2, hd = 64, cap = 96;
+    for (int f16 = 0; f16 < 2; f16++) {
+        const size_t es = f16 ? 2 : 4;
+        uint8_t *kt = malloc((size_t)(Hkv * cap * hd) * es), *v = malloc((size_t)(Hkv * cap * hd) * es);
+        for (int64_t i = 0; i < Hkv * cap * hd; i++) {
+            const float a = frand(), b = frand();
+            if (f16) { ((uint16_t *)kt)[i] = f32_to_f16(a); ((uint16_t *)v)[i] = f32_to_f16(b); }
+            else { ((float *)kt)[i] = a; ((float *)v)[i] = b; }
+        }
+        static const int64_t runs[][2] = {{1, 80}, {1, 0}, {21, 0}, {37, 50}};  /* (T, start) */
+        for (size_t ri = 0; ri < sizeof runs / sizeof *runs; ri++) {
+            const int64_t T = runs[ri][0], start = runs[ri][1];
+            float *q = malloc((size_t)(T * H * hd) * 4), *o = malloc((size_t)(T * H * hd) * 4), *ref = malloc((size_t)(T * H * hd) * 4);
+            for (int64_t i = 0; i < T * H * hd; i++) q[i] = 2.0f * frand();
+            drv_attention(&c, o, q, T, H, Hkv, hd, kt, v, cap, f16, start, 0.125f);
+            drv_attention(&s, ref, q, T, H, Hkv, hd, kt, v, cap, f16, start, 0.125f);
+            char what[64];
+            snprintf(what, sizeof what, "driver attention f16=%d T=%lld start=%lld", f16, (long long)T, (long long)start);
+            check(what, k->name, o, ref, T * H * hd, 2e-5f);
+            free(q); free(o); free(ref);
+        }
+        free(kt); free(v);
+    }
+}
+
 int main(void) {
     const char *names[] = {"avx2", "avxvnni", "avx512", "avx512-nogfni", "neon", "i8mm"};
     const Kernels *tables[7];
@@ -196,9 +268,11 @@ int main(void) {
             test_attn(k, f16, 5, 64, 129, 1);  /* rows that end exactly at a span's start */
         }
     }
-    /* the driver end to end on the best table with two threads: linear twice (pool reuse) */
+    /* the driver end to end with two threads: its composed ops at every level, then linear on
+     * the best table twice (pool reuse) */
     Arena arena = {NULL, 0, ATOMIC_FLAG_INIT};
     Ctx c = {kernels_best(), pool_new(2, NULL, 0), &arena};
+    for (int t = 1; t < nt; t++) test_driver(tables[t], c.pool, &arena);
     Owned w = make_weight(FMT_INT4, 70, 96, 32);
     float x[3 * 96], y[3 * 70], ref[3 * 70];
     for (int i = 0; i < 3 * 96; i++) x[i] = frand();
