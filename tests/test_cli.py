@@ -287,6 +287,23 @@ def test_bench_synthetic_tiny_reports_speed_memory_and_bandwidth(tmp_path):
         assert 0 <= steal <= total
 
 
+def test_bench_synthetic_without_disk_space_says_so_in_one_line(tmp_path):
+    """The synthetic model is written by a child process; too little space is its one-line error
+    (every process here sees 1000 bytes free, through a sitecustomize on PYTHONPATH)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import shutil\n_real = shutil.disk_usage\n"
+                                           "shutil.disk_usage = lambda p: _real(p)._replace(free=1000)\n")
+    env = dict(os.environ, CACTUS_CACHE=str(tmp_path / "cache"),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+    r = subprocess.run([sys.executable, "-m", "cactus.cli", "bench", "--synthetic", "tiny", "--gen", "4"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("cactus bench: error: not enough disk space in ")
+    assert "Traceback" not in r.stderr
+    assert list((tmp_path / "cache" / "synthetic").iterdir()) == []
+
+
 def test_bench_says_when_the_os_does_not_tell_private_memory(monkeypatch):
     # macOS reads phys_footprint; an OS with neither it nor /proc gets "not available", never "0 MB"
     from cactus import bench, memory

@@ -3,6 +3,7 @@ convert publishes nothing half-written; quantized layouts round-trip as docs/FOR
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 
@@ -10,11 +11,12 @@ import numpy as np
 import pytest
 from helpers import hf_logits, make_hf_model
 
+from cactus import weights
 from cactus.config import ConfigError, ModelConfig
 from cactus.convert import convert
 from cactus.engine import load
 from cactus.quant import QTensor, quantize, unpack_int4
-from cactus.weights import ALIGN, SafetensorsFile, WeightError
+from cactus.weights import ALIGN, NoSpaceError, SafetensorsFile, WeightError
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +107,34 @@ def test_convert_leaves_nothing_on_failure(converted, tmp_path):
     with pytest.raises(WeightError):
         convert(hf, tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+
+
+def test_convert_checks_disk_space_first(converted, tmp_path, monkeypatch):
+    """Too little free space: one clear error before any byte is written, and nothing left behind."""
+    real = shutil.disk_usage
+    monkeypatch.setattr(weights.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
+    with pytest.raises(NoSpaceError, match=r"not enough disk space in .*: the weight file needs 0\.\d+ GB"):
+        convert(converted[0], tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_disk_filling_up_while_writing_is_one_clear_error(converted, tmp_path, monkeypatch):
+    """ENOSPC in the middle of the file (the space went elsewhere after the check) is reported as
+    such, and the partial directory is removed."""
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    real_write = weights.write_safetensors
+
+    def write(path, tensors, metadata, progress=None):
+        tensors = list(tensors)
+        tensors[len(tensors) // 2].produce = full
+        real_write(path, tensors, metadata, progress)
+
+    monkeypatch.setattr("cactus.convert.write_safetensors", write)
+    with pytest.raises(NoSpaceError, match="filled up while writing the weight file"):
+        convert(converted[0], tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_convert_refuses_to_overwrite(converted, tmp_path):

@@ -323,7 +323,9 @@ def main(argv: list[str] | None = None) -> int:
             parser().error(f"unknown shape {args.synthetic!r} (one of {', '.join(shapes.SHAPES)})")
         # written by a child process, so its buffers never count in this process's memory
         out = subprocess.run([sys.executable, "-m", "cactus.synthetic", args.synthetic, args.quant],
-                             stdout=subprocess.PIPE, text=True, check=True)
+                             stdout=subprocess.PIPE, text=True)
+        if out.returncode:
+            return 1  # the child printed why
         model_dir = Path(out.stdout.strip().splitlines()[-1])
     else:
         model_dir = Path(args.model_dir)

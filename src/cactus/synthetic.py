@@ -166,4 +166,8 @@ def ensure(name: str, quant: str, progress: bool = True) -> Path:
 
 
 if __name__ == "__main__":  # python -m cactus.synthetic NAME QUANT: write (or find) the cached model
-    print(ensure(sys.argv[1], sys.argv[2]))
+    try:
+        print(ensure(sys.argv[1], sys.argv[2]))
+    except (OSError, ValueError) as e:  # one line for `cactus bench`, which runs this as a child
+        print(f"cactus bench: error: {e}", file=sys.stderr)
+        sys.exit(1)

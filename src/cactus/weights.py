@@ -9,6 +9,7 @@ The layout of our quantized tensors inside the container is in docs/FORMAT.md.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import mmap
 import os
@@ -39,6 +40,10 @@ _NAMES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.
 
 class WeightError(ValueError):
     """A weight file or tensor that is missing, truncated or not what the model needs."""
+
+
+class NoSpaceError(OSError):
+    """The disk cannot hold a weight file being written."""
 
 
 # ----------------------------------------------------------------------------- reading
@@ -259,20 +264,31 @@ def write_safetensors(path: Path, tensors: Iterable[PlannedTensor], metadata: di
             break
         header_len = padded(len(raw) + 1024, ALIGN)
     raw = raw + b" " * (header_len - len(raw))
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        for t, nbytes in plan:
-            if t is None:
-                f.write(b"\0" * nbytes)
-                continue
-            arr = np.ascontiguousarray(t.produce())
-            if tuple(arr.shape) != tuple(t.shape) or arr.dtype != np.dtype(DTYPES[t.dtype]):
-                raise WeightError(f"internal: tensor '{t.name}' produced {arr.dtype} {arr.shape}, "
-                                  f"planned {t.dtype} {t.shape}")
-            f.write(memoryview(arr).cast("B"))
-            if progress:
-                progress(t)
+    need, where = 8 + header_len + off, path.parent.parent  # path is in a staged_dir beside the target
+    free = shutil.disk_usage(path.parent).free
+    if need > free:  # fail now, not after writing gigabytes
+        raise NoSpaceError(f"not enough disk space in {where}: the weight file needs {need / 1e9:.2f} GB "
+                           f"and {free / 1e9:.2f} GB are free")
+    try:
+        with open(path, "wb") as f:
+            f.write(struct.pack("<Q", len(raw)))
+            f.write(raw)
+            for t, nbytes in plan:
+                if t is None:
+                    f.write(b"\0" * nbytes)
+                    continue
+                arr = np.ascontiguousarray(t.produce())
+                if tuple(arr.shape) != tuple(t.shape) or arr.dtype != np.dtype(DTYPES[t.dtype]):
+                    raise WeightError(f"internal: tensor '{t.name}' produced {arr.dtype} {arr.shape}, "
+                                      f"planned {t.dtype} {t.shape}")
+                f.write(memoryview(arr).cast("B"))
+                if progress:
+                    progress(t)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        raise NoSpaceError(f"the disk in {where} filled up while writing the weight file "
+                           f"({need / 1e9:.2f} GB)") from e
 
 
 def plan_weight(name: str, fmt: str, shape: tuple[int, ...], group: int,
