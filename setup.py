@@ -2,7 +2,9 @@
 linked into one extension; dispatch.c picks the best table at run time. Metadata is in pyproject.toml.
 """
 
+import os
 import platform
+import re
 import sys
 
 import numpy as np
@@ -24,8 +26,24 @@ OPTIONAL = {"kernels_avxvnni.c": "CACTUS_NO_AVXVNNI", "kernels_i8mm.c": "CACTUS_
 BASE_FLAGS = ["-O3", "-std=gnu11", "-fno-strict-aliasing", "-Wall", "-Wno-unused-function"]
 
 
-def isa_sources() -> dict[str, list[str]]:
+def target_machine() -> str:
+    """The one architecture the extension is built for. On macOS a universal2 Python (python.org's
+    installers) compiles every file for both arm64 and x86_64, and each ISA file carries one
+    architecture's flags, so the build is pinned to one arch through ARCHFLAGS (which distutils
+    applies to every compile and link): the one ARCHFLAGS names, else this machine's."""
     machine = platform.machine().lower()
+    if sys.platform != "darwin":
+        return machine
+    archs = sorted(set(re.findall(r"-arch\s+(\S+)", os.environ.get("ARCHFLAGS", ""))))
+    if len(archs) > 1:
+        sys.exit(f"cactus builds for one architecture at a time; ARCHFLAGS names {', '.join(archs)}: "
+                 "set it to one, e.g. ARCHFLAGS='-arch arm64'")
+    arch = archs[0] if archs else machine
+    os.environ["ARCHFLAGS"] = f"-arch {arch}"
+    return arch
+
+
+def isa_sources(machine: str) -> dict[str, list[str]]:
     if machine in ("x86_64", "amd64"):
         return X86
     if machine in ("aarch64", "arm64"):
@@ -38,7 +56,7 @@ class BuildKernels(build_ext):
 
     def build_extension(self, ext):
         objects = []
-        for src, flags in isa_sources().items():
+        for src, flags in isa_sources(MACHINE).items():
             try:
                 objects += self.compiler.compile([K + src], output_dir=self.build_temp, include_dirs=ext.include_dirs,
                                                  extra_postargs=BASE_FLAGS + flags,
@@ -53,6 +71,7 @@ class BuildKernels(build_ext):
         super().build_extension(ext)
 
 
+MACHINE = target_machine()
 ext = Extension(
     "cactus._kernels",
     sources=[K + s for s in COMMON],

@@ -7,21 +7,32 @@ from __future__ import annotations
 
 import os
 import platform
+import runpy
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import setuptools
 
 ROOT = Path(__file__).resolve().parents[1]
 K = ROOT / "src" / "cactus" / "_kernels"
 COMMON = ["kernels_scalar.c", "dispatch.c", "driver.c", "small.c", "pool.c"]
-X86 = {"kernels_avx2.c": ["-mavx2", "-mfma", "-mf16c"],
-       "kernels_avxvnni.c": ["-mavx2", "-mfma", "-mf16c", "-mavxvnni"],
-       "kernels_avx512.c": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mgfni",
-                         "-mavx2", "-mfma", "-mf16c"]}
-ARM = {"kernels_neon.c": ["-march=armv8.2-a+dotprod"], "kernels_i8mm.c": ["-march=armv8.2-a+dotprod+i8mm"]}
+
+
+def load_setup() -> dict:
+    """setup.py's names (its ISA flag tables, target_machine), read without running the build."""
+    real = setuptools.setup
+    setuptools.setup = lambda **kw: None
+    try:
+        return runpy.run_path(str(ROOT / "setup.py"))
+    finally:
+        setuptools.setup = real
+
+
+SETUP = load_setup()
+X86, ARM = SETUP["X86"], SETUP["ARM"]  # the flags the package's build gives each ISA file
 
 
 def build(cc: str, out: Path, isa: dict[str, list[str]], flags: list[str], link: list[str],
@@ -127,3 +138,38 @@ def test_extension_under_address_sanitizer(tmp_path):
     proc = subprocess.run([sys.executable, "-c", ASAN_SCRIPT, str(so)], env=run_env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-4000:]
+
+
+@pytest.mark.parametrize("archflags, expect", [
+    (None, "arm64"),                  # this machine's arch, pinned for every compile and link
+    ("-arch x86_64", "x86_64"),       # a cross build the user asked for
+    ("-arch arm64 -arch arm64", "arm64"),
+])
+def test_macos_build_is_pinned_to_one_architecture(monkeypatch, archflags, expect):
+    """A universal2 Python (python.org's macOS installers) would compile each file for arm64 and
+    x86_64, and each ISA file has one architecture's flags (-march=armv8.2-a+dotprod cannot build
+    an x86_64 slice): setup.py pins ARCHFLAGS, which distutils applies to every compile and link,
+    and picks the ISA files of that arch. Only the logic runs here (no macOS on this machine)."""
+    monkeypatch.setattr(sys, "platform", "darwin")
+    monkeypatch.setattr(platform, "machine", lambda: "arm64")
+    monkeypatch.setenv("ARCHFLAGS", archflags or "")
+    if archflags is None:
+        monkeypatch.delenv("ARCHFLAGS")
+    machine = SETUP["target_machine"]()
+    assert machine == expect and os.environ["ARCHFLAGS"] == f"-arch {expect}"
+    assert SETUP["isa_sources"](machine) == (ARM if expect == "arm64" else X86)
+
+
+def test_macos_universal_build_is_refused_clearly(monkeypatch):
+    monkeypatch.setattr(sys, "platform", "darwin")
+    monkeypatch.setenv("ARCHFLAGS", "-arch arm64 -arch x86_64")
+    with pytest.raises(SystemExit, match="one architecture at a time.*ARCHFLAGS='-arch arm64'"):
+        SETUP["target_machine"]()
+
+
+def test_linux_build_leaves_archflags_alone(monkeypatch):
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    monkeypatch.delenv("ARCHFLAGS", raising=False)
+    assert SETUP["target_machine"]() == "aarch64" and "ARCHFLAGS" not in os.environ
+    assert SETUP["isa_sources"]("aarch64") == ARM and SETUP["isa_sources"]("riscv64") == {}
