@@ -6,6 +6,7 @@ import os
 import platform
 import re
 import sys
+import sysconfig
 
 import numpy as np
 from setuptools import Extension, setup
@@ -26,21 +27,29 @@ OPTIONAL = {"kernels_avxvnni.c": "CACTUS_NO_AVXVNNI", "kernels_i8mm.c": "CACTUS_
 BASE_FLAGS = ["-O3", "-std=gnu11", "-fno-strict-aliasing", "-Wall", "-Wno-unused-function"]
 
 
+def _archs(flags: str | None) -> list[str]:
+    return sorted(set(re.findall(r"-arch\s+(\S+)", flags or "")))
+
+
 def target_machine() -> str:
     """The one architecture the extension is built for. On macOS a universal2 Python (python.org's
-    installers) compiles every file for both arm64 and x86_64, and each ISA file carries one
-    architecture's flags, so the build is pinned to one arch through ARCHFLAGS (which distutils
-    applies to every compile and link): the one ARCHFLAGS names, else this machine's."""
+    installers: `-arch arm64 -arch x86_64` in its CFLAGS) compiles every file for both, and each
+    ISA file carries one architecture's flags, so such a build is pinned to this Mac's arch through
+    ARCHFLAGS (which distutils applies to every compile and link). An ARCHFLAGS naming one arch is
+    followed (a cross build); one naming several is refused. Other Pythons are left alone (a
+    Homebrew gcc, say, knows no -arch)."""
     machine = platform.machine().lower()
     if sys.platform != "darwin":
         return machine
-    archs = sorted(set(re.findall(r"-arch\s+(\S+)", os.environ.get("ARCHFLAGS", ""))))
-    if len(archs) > 1:
-        sys.exit(f"cactus builds for one architecture at a time; ARCHFLAGS names {', '.join(archs)}: "
+    asked = _archs(os.environ.get("ARCHFLAGS"))
+    if len(asked) > 1:
+        sys.exit(f"cactus builds for one architecture at a time; ARCHFLAGS names {', '.join(asked)}: "
                  "set it to one, e.g. ARCHFLAGS='-arch arm64'")
-    arch = archs[0] if archs else machine
-    os.environ["ARCHFLAGS"] = f"-arch {arch}"
-    return arch
+    if asked:
+        return asked[0]
+    if len(_archs(sysconfig.get_config_var("CFLAGS"))) > 1:
+        os.environ["ARCHFLAGS"] = f"-arch {machine}"
+    return machine
 
 
 def isa_sources(machine: str) -> dict[str, list[str]]:

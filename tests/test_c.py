@@ -11,6 +11,7 @@ import runpy
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -140,23 +141,28 @@ def test_extension_under_address_sanitizer(tmp_path):
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-4000:]
 
 
-@pytest.mark.parametrize("archflags, expect", [
-    (None, "arm64"),                  # this machine's arch, pinned for every compile and link
-    ("-arch x86_64", "x86_64"),       # a cross build the user asked for
-    ("-arch arm64 -arch arm64", "arm64"),
+UNIVERSAL = "-arch arm64 -arch x86_64 -fno-common -dynamic -DNDEBUG -g -O3 -Wall"  # python.org's CFLAGS
+
+
+@pytest.mark.parametrize("cflags, archflags, expect, pinned", [
+    (UNIVERSAL, None, "arm64", "-arch arm64"),          # universal2 Python: pinned to this Mac
+    (UNIVERSAL, "-arch x86_64", "x86_64", "-arch x86_64"),  # a cross build the user asked for
+    (UNIVERSAL, "-arch arm64 -arch arm64", "arm64", "-arch arm64 -arch arm64"),
+    ("-fno-common -O3 -Wall", None, "arm64", None),   # Homebrew / uv Python: nothing to pin
 ])
-def test_macos_build_is_pinned_to_one_architecture(monkeypatch, archflags, expect):
+def test_macos_build_is_for_one_architecture(monkeypatch, cflags, archflags, expect, pinned):
     """A universal2 Python (python.org's macOS installers) would compile each file for arm64 and
     x86_64, and each ISA file has one architecture's flags (-march=armv8.2-a+dotprod cannot build
     an x86_64 slice): setup.py pins ARCHFLAGS, which distutils applies to every compile and link,
     and picks the ISA files of that arch. Only the logic runs here (no macOS on this machine)."""
     monkeypatch.setattr(sys, "platform", "darwin")
     monkeypatch.setattr(platform, "machine", lambda: "arm64")
+    monkeypatch.setattr(sysconfig, "get_config_var", lambda name: cflags if name == "CFLAGS" else None)
     monkeypatch.setenv("ARCHFLAGS", archflags or "")
     if archflags is None:
         monkeypatch.delenv("ARCHFLAGS")
     machine = SETUP["target_machine"]()
-    assert machine == expect and os.environ["ARCHFLAGS"] == f"-arch {expect}"
+    assert machine == expect and os.environ.get("ARCHFLAGS") == pinned
     assert SETUP["isa_sources"](machine) == (ARM if expect == "arm64" else X86)
 
 
