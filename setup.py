@@ -21,7 +21,8 @@ X86 = {
     "kernels_avx512.c": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mgfni",
                          "-mavx2", "-mfma", "-mf16c"],
 }
-ARM = {"kernels_neon.c": ["-march=armv8.2-a+dotprod"], "kernels_i8mm.c": ["-march=armv8.2-a+dotprod+i8mm"]}
+ARM = {"kernels_neon80.c": ["-march=armv8-a"], "kernels_neon.c": ["-march=armv8.2-a+dotprod"],
+       "kernels_i8mm.c": ["-march=armv8.2-a+dotprod+i8mm"]}
 # ISA files a compiler may not know the flags of (gcc < 11 has no -mavxvnni): built without that level
 OPTIONAL = {"kernels_avxvnni.c": "CACTUS_NO_AVXVNNI", "kernels_i8mm.c": "CACTUS_NO_I8MM"}
 BASE_FLAGS = ["-O3", "-std=gnu11", "-fno-strict-aliasing", "-Wall", "-Wno-unused-function"]

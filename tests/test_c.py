@@ -68,16 +68,19 @@ CROSS = shutil.which("aarch64-linux-gnu-gcc") and shutil.which("qemu-aarch64")
 
 @pytest.mark.skipif(not CROSS, reason="needs aarch64-linux-gnu-gcc and qemu-aarch64 "
                                       "(apt-get install gcc-aarch64-linux-gnu qemu-user)")
-@pytest.mark.parametrize("cpu,levels", [("max", ["scalar", "neon", "i8mm"]), ("cortex-a76", ["scalar", "neon"]),
-                                        ("cortex-a53", ["scalar"])])
+@pytest.mark.parametrize("cpu,levels", [("max", ["scalar", "neon80", "neon", "i8mm"]),
+                                        ("cortex-a76", ["scalar", "neon80", "neon"]),
+                                        ("cortex-a72", ["scalar", "neon80"]), ("cortex-a53", ["scalar", "neon80"])])
 def test_neon_under_qemu(tmp_path, cpu, levels):
     """Every level the emulated CPU has, against the scalar table: `max` has dotprod and i8mm;
-    cortex-a76 dotprod only (i8mm must not be picked); cortex-a53 neither (scalar only)."""
+    cortex-a76 dotprod only (i8mm must not be picked); cortex-a72 (Raspberry Pi 4) and cortex-a53
+    neither: NEON without sdot (neon80), whose emulated sdot must give sdot's sums."""
     exe = tmp_path / "test_kernels_arm"
     build("aarch64-linux-gnu-gcc", exe, ARM, ["-O2", "-std=gnu11", "-static"], [])
     proc = subprocess.run(["qemu-aarch64", "-cpu", cpu, str(exe)], capture_output=True, text=True, timeout=300)
     check_output(proc)
     assert proc.stdout.splitlines()[0].split()[1:] == levels
+    assert proc.stdout.splitlines()[1] == f"best: {levels[-1]}"  # what dispatch runs there
 
 
 CLANG = next((c for c in ("clang", "clang-14", "clang-15", "clang-16") if shutil.which(c)), None)
@@ -94,7 +97,7 @@ def test_neon_built_by_clang_under_qemu(tmp_path):
     build("aarch64-linux-gnu-gcc", exe, ARM, ["-O2", "-std=gnu11", "-static"], [], isa_cc=clang)
     proc = subprocess.run(["qemu-aarch64", "-cpu", "max", str(exe)], capture_output=True, text=True, timeout=300)
     check_output(proc)
-    assert proc.stdout.splitlines()[0].split()[1:] == ["scalar", "neon", "i8mm"]
+    assert proc.stdout.splitlines()[0].split()[1:] == ["scalar", "neon80", "neon", "i8mm"]
 
 
 ASAN_SCRIPT = """

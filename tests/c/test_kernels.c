@@ -228,16 +228,16 @@ static void test_driver(const Kernels *k, Pool *pool, Arena *arena) {
 }
 
 int main(void) {
-    const char *names[] = {"avx2", "avxvnni", "avx512", "avx512-nogfni", "neon", "i8mm"};
-    const Kernels *tables[7];
-    const char *shown[7] = {"scalar"};
+    const char *names[] = {"avx2", "avxvnni", "avx512", "avx512-nogfni", "neon80", "neon", "i8mm"};
+    const Kernels *tables[8];
+    const char *shown[8] = {"scalar"};
     int nt = 0;
     tables[nt++] = &kernels_scalar;
-    for (int i = 0; i < 6; i++)
+    for (int i = 0; i < 7; i++)
         if (kernels_by_name(names[i])) { shown[nt] = names[i]; tables[nt++] = kernels_by_name(names[i]); }
     printf("levels:");
     for (int i = 0; i < nt; i++) printf(" %s", shown[i]);
-    printf("\n");
+    printf("\nbest: %s\n", kernels_best()->name);
     static const int64_t shapes[][3] = {{1, 1, 32}, {1, 37, 100}, {1, 64, 2048}, {3, 33, 96}, {5, 17, 64},
                                         {7, 24, 160}, {8, 40, 96}, {9, 50, 300}, {10, 21, 128}, {17, 40, 200},
                                         {1, 3, 1056}};

@@ -72,6 +72,7 @@ int cpu_supports(const char *name) {
     return x86_has(name);
 #elif defined(__aarch64__)
     if (!strcmp(name, "i8mm")) return arm_dotprod() && arm_i8mm();
+    if (!strcmp(name, "neon80")) return 1;  /* NEON is part of AArch64 */
     return !strcmp(name, "neon") && arm_dotprod();
 #else
     return 0;
@@ -91,6 +92,7 @@ static const struct { const char *name; const Kernels *table; } levels[] = {  /*
     {"i8mm", &kernels_i8mm},
 #endif
     {"neon", &kernels_neon},
+    {"neon80", &kernels_neon80},
 #endif
     {"scalar", &kernels_scalar},
 };

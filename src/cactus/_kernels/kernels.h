@@ -122,6 +122,7 @@ extern const Kernels kernels_avx512vnni_gfni;
 #endif
 #if defined(__aarch64__)
 extern const Kernels kernels_neon;
+extern const Kernels kernels_neon80;
 extern const Kernels kernels_i8mm;
 #endif
 

@@ -3,13 +3,29 @@
  * 4-row panels for sdot by element (panel4_gemm; with +i8mm, kernels_i8mm.c, 8-row panels for
  * smmla); other group sizes (multiples of 32) unpack int4 nibbles to q = u - 8 and scale each
  * group's int32 sum once, in the scalar reference's order. Activation quantizing, SiLU-mul and
- * attention are NEON too. Used only where the CPU reports dotprod (dispatch.c).
+ * attention are NEON too. Used where the CPU reports dotprod (dispatch.c); without it, the same
+ * code as kernels_neon80.c.
  */
 #include <arm_neon.h>
 #include <math.h>
 #include <string.h>
 
 #include "kernels.h"
+
+/* sdot: each int32 lane of acc plus the sum of 4 byte products (a's lane bytes times b's; by
+ * element: b's 4-byte lane `lane` for every lane of a). Armv8.0 lacks it (kernels_neon80.c): there
+ * widening multiplies and pairwise adds give the same int32 sums, 6 instructions for 1. */
+#ifdef CACTUS_NO_DOTPROD
+static inline int32x4_t sdot_v80(int32x4_t acc, int8x16_t a, int8x16_t b) {
+    const int16x8_t lo = vmull_s8(vget_low_s8(a), vget_low_s8(b)), hi = vmull_high_s8(a, b);  /* |p| <= 2^14 */
+    return vaddq_s32(acc, vpaddq_s32(vpaddlq_s16(lo), vpaddlq_s16(hi)));
+}
+#define SDOT(acc, a, b) sdot_v80((acc), (a), (b))
+#define SDOT_LANE(acc, a, b, lane) sdot_v80((acc), (a), vreinterpretq_s8_s32(vdupq_laneq_s32(vreinterpretq_s32_s8(b), (lane))))
+#else
+#define SDOT(acc, a, b) vdotq_s32((acc), (a), (b))
+#define SDOT_LANE(acc, a, b, lane) vdotq_laneq_s32((acc), (a), (b), (lane))
+#endif
 
 static float dot_int4(const uint8_t *row, const uint16_t *sw, int64_t ng, int64_t G, const int8_t *q, const float *s) {
     const uint8x16_t m0f = vdupq_n_u8(0x0F);
@@ -23,8 +39,8 @@ static float dot_int4(const uint8_t *row, const uint16_t *sw, int64_t ng, int64_
             uint8x16_t w = vld1q_u8(b + 16 * c);
             int8x16_t lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(w, m0f)), eight);
             int8x16_t hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(w, 4)), eight);
-            isum = vdotq_s32(isum, lo, vld1q_s8(x + 16 * c));
-            isum = vdotq_s32(isum, hi, vld1q_s8(x + G / 2 + 16 * c));
+            isum = SDOT(isum, lo, vld1q_s8(x + 16 * c));
+            isum = SDOT(isum, hi, vld1q_s8(x + G / 2 + 16 * c));
         }
         __fp16 h;
         memcpy(&h, sw + g, 2);
@@ -38,7 +54,7 @@ static float dot_int8(const uint8_t *row, const uint16_t *sw, int64_t ng, int64_
     for (int64_t g = 0; g < ng; g++) {
         int32x4_t isum = vdupq_n_s32(0);
         for (int64_t c = 0; c < G; c += 16)
-            isum = vdotq_s32(isum, vld1q_s8((const int8_t *)row + g * G + c), vld1q_s8(q + g * G + c));
+            isum = SDOT(isum, vld1q_s8((const int8_t *)row + g * G + c), vld1q_s8(q + g * G + c));
         __fp16 h;
         memcpy(&h, sw + g, 2);
         acc += ((float)vaddvq_s32(isum) * s[g]) * (float)h;
@@ -78,14 +94,14 @@ static void dot2_g32(float y[2], const QMat *w, const uint8_t *ra, const uint8_t
             const int8x16_t xl = vld1q_s8(x), xh = vld1q_s8(x + 16);
             if (w->fmt == FMT_INT4) {
                 const uint8x16_t wa = vld1q_u8(ra + 16 * (g + j)), wb = vld1q_u8(rb + 16 * (g + j));
-                ia[j] = vdotq_s32(vdotq_s32(zero, vreinterpretq_s8_u8(vandq_u8(wa, m0f)), xl),
+                ia[j] = SDOT(SDOT(zero, vreinterpretq_s8_u8(vandq_u8(wa, m0f)), xl),
                                   vreinterpretq_s8_u8(vshrq_n_u8(wa, 4)), xh);
-                ib[j] = vdotq_s32(vdotq_s32(zero, vreinterpretq_s8_u8(vandq_u8(wb, m0f)), xl),
+                ib[j] = SDOT(SDOT(zero, vreinterpretq_s8_u8(vandq_u8(wb, m0f)), xl),
                                   vreinterpretq_s8_u8(vshrq_n_u8(wb, 4)), xh);
             } else {
                 const int8_t *pa = (const int8_t *)ra + 32 * (g + j), *pb = (const int8_t *)rb + 32 * (g + j);
-                ia[j] = vdotq_s32(vdotq_s32(zero, vld1q_s8(pa), xl), vld1q_s8(pa + 16), xh);
-                ib[j] = vdotq_s32(vdotq_s32(zero, vld1q_s8(pb), xl), vld1q_s8(pb + 16), xh);
+                ia[j] = SDOT(SDOT(zero, vld1q_s8(pa), xl), vld1q_s8(pa + 16), xh);
+                ib[j] = SDOT(SDOT(zero, vld1q_s8(pb), xl), vld1q_s8(pb + 16), xh);
             }
         }
         int32x4_t ga = four_groups(ia), gb = four_groups(ib);
@@ -182,10 +198,10 @@ static void pack_panel4(int8_t *P, float *PS, const QMat *w, int64_t r0, int64_t
  * latency (3-4 cycles) rather than issuing 2-4 per cycle; two chains halve that wait. */
 #define SDOT8(A, B, X0, X1)                                                                    \
     do {                                                                                       \
-        A = vdotq_laneq_s32(A, wv[0], X0, 0); B = vdotq_laneq_s32(B, wv[4], X1, 0);          \
-        A = vdotq_laneq_s32(A, wv[1], X0, 1); B = vdotq_laneq_s32(B, wv[5], X1, 1);          \
-        A = vdotq_laneq_s32(A, wv[2], X0, 2); B = vdotq_laneq_s32(B, wv[6], X1, 2);          \
-        A = vdotq_laneq_s32(A, wv[3], X0, 3); B = vdotq_laneq_s32(B, wv[7], X1, 3);          \
+        A = SDOT_LANE(A, wv[0], X0, 0); B = SDOT_LANE(B, wv[4], X1, 0);          \
+        A = SDOT_LANE(A, wv[1], X0, 1); B = SDOT_LANE(B, wv[5], X1, 1);          \
+        A = SDOT_LANE(A, wv[2], X0, 2); B = SDOT_LANE(B, wv[6], X1, 2);          \
+        A = SDOT_LANE(A, wv[3], X0, 3); B = SDOT_LANE(B, wv[7], X1, 3);          \
     } while (0)
 
 /* The NT tokens of a pass from t0 (tb real: a short pass repeats its last): quantized activations
@@ -666,8 +682,10 @@ static void attn_neon(float *out, const float *q, int64_t R, const int64_t *limi
     for (int i = 0; i < rb; i++) span_finish4(out + i * hd, o[i], l[i], nv);
 }
 
-#ifdef CACTUS_I8MM
+#if defined(CACTUS_I8MM)
 const Kernels kernels_i8mm = {"i8mm", quantize_neon, qgemm_neon, fgemm_neon, attn_neon, silu_mul_neon, 4096, 1024};
+#elif defined(CACTUS_NO_DOTPROD)
+const Kernels kernels_neon80 = {"neon80", quantize_neon, qgemm_neon, fgemm_neon, attn_neon, silu_mul_neon, 4096, 1024};
 #else
 const Kernels kernels_neon = {"neon", quantize_neon, qgemm_neon, fgemm_neon, attn_neon, silu_mul_neon, 4096, 1024};  /* unused */
 #endif
