@@ -159,11 +159,20 @@ void act_extras(const ActLayout *L, uint8_t *act, int64_t g0, int64_t g1) {
 
 /* ------------------------------------------------------------------ matmul */
 
-static inline int32_t qweight(const QMat *w, const uint8_t *row, int64_t e) {
-    if (w->fmt == FMT_INT8) return ((const int8_t *)row)[e];
-    int64_t G = w->group, g = e / G, j = e % G, half = G / 2;
-    uint8_t b = row[g * half + (j % half)];
-    return (int32_t)(j < half ? (b & 0x0F) : (b >> 4)) - 8;
+/* One group's exact int32 sum of w * x: int8 as stored; int4 byte j holds element j (low nibble)
+ * and j + G/2 (high), each u - 8. Plain loops over bytes, which compilers vectorize (this table
+ * is what CPUs without a SIMD level run: x86 without AVX2, other architectures). */
+static inline int32_t group_dot(const QMat *w, const uint8_t *row, int64_t g, const int8_t *x) {
+    const int64_t G = w->group, half = G / 2;
+    int32_t isum = 0;
+    if (w->fmt == FMT_INT8) {
+        const int8_t *wq = (const int8_t *)row + g * G;
+        for (int64_t j = 0; j < G; j++) isum += wq[j] * x[j];
+        return isum;
+    }
+    const uint8_t *b = row + g * half;
+    for (int64_t j = 0; j < half; j++) isum += ((b[j] & 0x0F) - 8) * x[j] + ((b[j] >> 4) - 8) * x[half + j];
+    return isum;
 }
 
 /* y (nt, N) [rows r0..r1) = W (N, K) @ x_t (K): per group exact int sums, then f32 scaling. */
@@ -179,11 +188,8 @@ void qgemm_scalar(float *y, int64_t ldy, const QMat *w, const ActLayout *L, cons
             const int8_t *q = (const int8_t *)(a + L->off_q);
             const float *s = (const float *)(a + L->off_s);
             float acc = 0.0f;
-            for (int64_t g = 0; g < w->ng; g++) {
-                int32_t isum = 0;
-                for (int64_t j = 0; j < G; j++) isum += qweight(w, row, g * G + j) * q[g * G + j];
-                acc += ((float)isum * s[g]) * f16_to_f32(sw[g]);
-            }
+            for (int64_t g = 0; g < w->ng; g++)
+                acc += ((float)group_dot(w, row, g, q + g * G) * s[g]) * f16_to_f32(sw[g]);
             y[t * ldy + r] = acc;
         }
     }
