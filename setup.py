@@ -16,6 +16,7 @@ from setuptools.errors import CompileError
 K = "src/cactus/_kernels/"
 COMMON = ["binding.c", "driver.c", "step.c", "small.c", "pool.c", "dispatch.c", "kernels_scalar.c"]
 X86 = {
+    "kernels_ssse3.c": ["-mssse3"],
     "kernels_avx2.c": ["-mavx2", "-mfma", "-mf16c"],
     "kernels_avxvnni.c": ["-mavx2", "-mfma", "-mf16c", "-mavxvnni"],
     "kernels_avx512.c": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mgfni",

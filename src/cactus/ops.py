@@ -3,7 +3,7 @@ D hidden, H heads, Hkv KV heads, hd head dim, E experts, A active experts per to
 
 Every op has a short numpy definition (`*_ref`, the reference the tests hold the C kernels to) and
 the C kernel (cactus._kernels) that runs by default. `CACTUS_ISA=ref` runs the references;
-`CACTUS_ISA=scalar|avx2|avxvnni|avx512|neon80|neon|i8mm` forces a kernel level; `with ops.use("avx2"):` does the same
+`CACTUS_ISA=scalar|ssse3|avx2|avxvnni|avx512|neon80|neon|i8mm` forces a kernel level; `with ops.use("avx2"):` does the same
 for a block. `CACTUS_THREADS` / `set_threads` sets the kernel threads (default: one per physical core
 of the fastest kind, cpus.py).
 Weights arrive as QTensor mmap views; the kernels read them in place.
@@ -156,7 +156,7 @@ def cache_attention_ref(q: np.ndarray, kt: np.ndarray, v: np.ndarray, start: int
 
 # ============================================================================ kernel selection
 
-ISAS = ("ref", "scalar", "avx2", "avxvnni", "avx512", "neon80", "neon", "i8mm")
+ISAS = ("ref", "scalar", "ssse3", "avx2", "avxvnni", "avx512", "neon80", "neon", "i8mm")
 _k = None          # cactus._kernels, or None while the numpy references run
 _started = False
 

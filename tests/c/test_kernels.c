@@ -29,8 +29,11 @@ static void check(const char *what, const char *isa, const float *got, const flo
     else { failed++; printf("FAIL %s [%s]: max rel diff %g\n", what, isa, worst); }
 }
 
-/* A random (N, K) weight in `fmt` (data + scales in the stored layout). */
+/* A random (N, K) weight in `fmt` (data + scales in the stored layout). With tiny_scales, every
+ * group scale is an f16 subnormal or zero (a table that converts scales without F16C must get
+ * them exactly, whatever the FPU's denormal mode). */
 typedef struct { QMat m; uint8_t *data; uint16_t *scales; } Owned;
+static int tiny_scales;
 
 static Owned make_weight(int fmt, int64_t n, int64_t k, int group) {
     Owned o;
@@ -54,7 +57,8 @@ static Owned make_weight(int fmt, int64_t n, int64_t k, int group) {
         }
     if (fmt >= FMT_INT8) {
         o.scales = malloc((size_t)(n * m->ng) * 2);
-        for (int64_t i = 0; i < n * m->ng; i++) o.scales[i] = f32_to_f16(0.001f + 0.01f * (float)(rnd() % 100) / 100.0f);
+        for (int64_t i = 0; i < n * m->ng; i++)
+            o.scales[i] = tiny_scales ? (uint16_t)(rnd() % 0x400) : f32_to_f16(0.001f + 0.01f * (float)(rnd() % 100) / 100.0f);
     }
     m->data = o.data;
     m->scales = o.scales;
@@ -228,12 +232,12 @@ static void test_driver(const Kernels *k, Pool *pool, Arena *arena) {
 }
 
 int main(void) {
-    const char *names[] = {"avx2", "avxvnni", "avx512", "avx512-nogfni", "neon80", "neon", "i8mm"};
-    const Kernels *tables[8];
-    const char *shown[8] = {"scalar"};
+    const char *names[] = {"ssse3", "avx2", "avxvnni", "avx512", "avx512-nogfni", "neon80", "neon", "i8mm"};
+    const Kernels *tables[9];
+    const char *shown[9] = {"scalar"};
     int nt = 0;
     tables[nt++] = &kernels_scalar;
-    for (int i = 0; i < 7; i++)
+    for (int i = 0; i < 8; i++)
         if (kernels_by_name(names[i])) { shown[nt] = names[i]; tables[nt++] = kernels_by_name(names[i]); }
     printf("levels:");
     for (int i = 0; i < nt; i++) printf(" %s", shown[i]);
@@ -249,6 +253,12 @@ int main(void) {
         test_gemm(k, FMT_INT8, 6, 20, 256, 64);
         test_gemm(k, FMT_INT4, 1, 20, 384, 128);
         test_gemm(k, FMT_INT4, 10, 20, 384, 128);
+        tiny_scales = 1;
+        for (int fmt = FMT_INT8; fmt <= FMT_INT4; fmt++) {
+            test_gemm(k, fmt, 1, 24, 256, 32);
+            test_gemm(k, fmt, 6, 24, 256, 32);
+        }
+        tiny_scales = 0;
         for (int fmt = FMT_INT8; fmt <= FMT_INT4; fmt++) {
             test_quantize(k, fmt, 2048);
             test_quantize(k, fmt, 1000);

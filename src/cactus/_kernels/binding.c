@@ -731,7 +731,7 @@ static PyObject *py_set_isa(PyObject *self, PyObject *arg) {
 static PyObject *py_isa(PyObject *self, PyObject *unused) { return PyUnicode_FromString(ctx.k->name); }
 
 static PyObject *py_supported(PyObject *self, PyObject *unused) {
-    static const char *all[] = {"scalar", "avx2", "avxvnni", "avx512", "neon80", "neon", "i8mm"};
+    static const char *all[] = {"scalar", "ssse3", "avx2", "avxvnni", "avx512", "neon80", "neon", "i8mm"};
     PyObject *out = PyList_New(0);
     for (size_t i = 0; out && i < sizeof all / sizeof *all; i++)
         if (kernels_by_name(all[i])) {

@@ -20,6 +20,7 @@ static int x86_has(const char *name) {
     unsigned a, b, c, d;
     if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
     const int osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, fma = (c >> 12) & 1, f16c = (c >> 29) & 1;
+    if (!strcmp(name, "ssse3")) return (c >> 9) & 1;  /* SSE registers need no OS opt-in */
     if (!osxsave || !avx) return 0;
     unsigned xlo, xhi;
     __asm__ volatile("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
@@ -86,6 +87,7 @@ static const struct { const char *name; const Kernels *table; } levels[] = {  /*
     {"avxvnni", &kernels_avxvnni},
 #endif
     {"avx2", &kernels_avx2},
+    {"ssse3", &kernels_ssse3},
 #endif
 #if defined(__aarch64__)
 #ifndef CACTUS_NO_I8MM  /* setup.py: a compiler without +i8mm */

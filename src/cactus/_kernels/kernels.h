@@ -1,7 +1,7 @@
 /* cactus kernels: the types every ISA file shares, and the dispatch table.
  *
- * One ISA per translation unit (kernels_scalar.c, kernels_avx2.c, kernels_avxvnni.c, kernels_avx512.c, kernels_neon.c,
- * kernels_i8mm.c),
+ * One ISA per translation unit (kernels_scalar.c, kernels_ssse3.c, kernels_avx2.c, kernels_avxvnni.c,
+ * kernels_avx512.c, kernels_neon80.c, kernels_neon.c, kernels_i8mm.c),
  * each compiled with its own flags and exporting one `Kernels` table. This header knows nothing of
  * CPython; driver.c composes table kernels with the thread pool; binding.c is the only CPython file.
  * Weight layouts are quant.py's (docs/FORMAT.md); activation layouts are defined here (ActLayout).
@@ -116,6 +116,7 @@ void act_layout(ActLayout *L, int64_t k, int32_t group, int32_t fmt);
 extern const Kernels kernels_scalar;
 #if defined(__x86_64__) || defined(_M_X64)
 extern const Kernels kernels_avx2;
+extern const Kernels kernels_ssse3;
 extern const Kernels kernels_avxvnni;
 extern const Kernels kernels_avx512vnni;
 extern const Kernels kernels_avx512vnni_gfni;
