@@ -63,6 +63,24 @@ def test_native_with_sanitizers(tmp_path):
     check_output(proc)
 
 
+X86_HOST = platform.machine().lower() in ("x86_64", "amd64")
+
+
+@pytest.mark.skipif(not X86_HOST or not shutil.which("gcc") or not shutil.which("qemu-x86_64"),
+                    reason="needs an x86-64 host, gcc and qemu-x86_64 (apt-get install qemu-user)")
+@pytest.mark.parametrize("cpu,levels", [("Nehalem", ["scalar", "ssse3"]), ("core2duo", ["scalar", "ssse3"]),
+                                        ("qemu64", ["scalar"])])
+def test_x86_without_avx2_under_qemu(tmp_path, cpu, levels):
+    """CPUs without AVX (Nehalem, Core 2) must run ssse3, and one without SSSE3 the scalar table:
+    the C test, built as the package builds it, under qemu-x86_64 emulating each."""
+    exe = tmp_path / "test_kernels_x86"
+    build("gcc", exe, X86, ["-O2", "-std=gnu11"], [])
+    proc = subprocess.run(["qemu-x86_64", "-cpu", cpu, str(exe)], capture_output=True, text=True, timeout=300)
+    check_output(proc)
+    assert proc.stdout.splitlines()[0].split()[1:] == levels
+    assert proc.stdout.splitlines()[1] == f"best: {levels[-1]}"
+
+
 CROSS = shutil.which("aarch64-linux-gnu-gcc") and shutil.which("qemu-aarch64")
 
 

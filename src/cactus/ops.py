@@ -3,9 +3,9 @@ D hidden, H heads, Hkv KV heads, hd head dim, E experts, A active experts per to
 
 Every op has a short numpy definition (`*_ref`, the reference the tests hold the C kernels to) and
 the C kernel (cactus._kernels) that runs by default. `CACTUS_ISA=ref` runs the references;
-`CACTUS_ISA=scalar|ssse3|avx2|avxvnni|avx512|neon80|neon|i8mm` forces a kernel level; `with ops.use("avx2"):` does the same
-for a block. `CACTUS_THREADS` / `set_threads` sets the kernel threads (default: one per physical core
-of the fastest kind, cpus.py).
+`CACTUS_ISA=scalar|ssse3|avx2|avxvnni|avx512|neon80|neon|i8mm` forces a kernel level;
+`with ops.use("avx2"):` does the same for a block. `CACTUS_THREADS` / `set_threads` sets the kernel
+threads (default: one per physical core of the fastest kind, cpus.py).
 Weights arrive as QTensor mmap views; the kernels read them in place.
 """
 
