@@ -731,11 +731,11 @@ static PyObject *py_set_isa(PyObject *self, PyObject *arg) {
 static PyObject *py_isa(PyObject *self, PyObject *unused) { return PyUnicode_FromString(ctx.k->name); }
 
 static PyObject *py_supported(PyObject *self, PyObject *unused) {
-    static const char *all[] = {"scalar", "ssse3", "avx2", "avxvnni", "avx512", "neon80", "neon", "i8mm"};
     PyObject *out = PyList_New(0);
-    for (size_t i = 0; out && i < sizeof all / sizeof *all; i++)
-        if (kernels_by_name(all[i])) {
-            PyObject *s = PyUnicode_FromString(all[i]);
+    const char *name;
+    for (size_t i = 0; out && (name = kernels_level_name(i)); i++)
+        if (kernels_by_name(name)) {
+            PyObject *s = PyUnicode_FromString(name);
             if (!s || PyList_Append(out, s)) { Py_XDECREF(s); Py_DECREF(out); return NULL; }
             Py_DECREF(s);
         }

@@ -114,6 +114,11 @@ const Kernels *kernels_by_name(const char *name) {
     return NULL;
 }
 
+const char *kernels_level_name(size_t i) {
+    const size_t n = sizeof levels / sizeof *levels;
+    return i < n ? levels[n - 1 - i].name : NULL;
+}
+
 const Kernels *kernels_best(void) {
     static const Kernels *best;  /* detected once */
     if (!best) {

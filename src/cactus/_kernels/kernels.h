@@ -213,6 +213,7 @@ void attn_scalar(float *out, const float *q, int64_t R, const int64_t *limit, co
  * unsupported here). cpu_supports("avx512") etc. tells which levels this machine has. */
 const Kernels *kernels_best(void);
 const Kernels *kernels_by_name(const char *name);
+const char *kernels_level_name(size_t i);  /* the levels built in, worst (scalar) first; NULL past the last */
 int cpu_supports(const char *name);
 
 #endif
