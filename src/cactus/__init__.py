@@ -18,6 +18,7 @@ _LAZY = {
     "cactus_complete": "cactus.api",
     "cactus_reset": "cactus.api",
     "cactus_destroy": "cactus.api",
+    "cactus_stop": "cactus.api",
 }
 
 

@@ -8,8 +8,10 @@ every other response field present.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from .tokenizer import Tokenizer
 
 RESPONSE_FIELDS = ("success", "error", "response", "function_calls", "cloud_handoff", "confidence",
                    "time_to_first_token_ms", "total_time_ms", "prefill_tps", "decode_tps", "prefill_tokens",
-                   "decode_tokens", "total_tokens", "ram_usage_mb")
+                   "decode_tokens", "total_tokens", "ram_usage_mb", "finish_reason")
 # generation_config.json fields that become default options (the caller's options win)
 _GENERATION_DEFAULTS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")
 
@@ -41,7 +43,7 @@ class Completion:
     decode_tokens: int
     total_tokens: int
     ram_usage_mb: float
-    finish_reason: str = ""                                     # eos | stop | length | handoff
+    finish_reason: str = ""                          # eos | stop | length | handoff | cancelled
     token_ids: list[int] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict:
@@ -54,7 +56,7 @@ def error_response(message: str) -> dict:
     return {"success": False, "error": message, "response": "", "function_calls": [], "cloud_handoff": False,
             "confidence": 0.0, "time_to_first_token_ms": 0.0, "total_time_ms": 0.0, "prefill_tps": 0.0,
             "decode_tps": 0.0, "prefill_tokens": 0, "decode_tokens": 0, "total_tokens": 0,
-            "ram_usage_mb": ram_usage_mb()}
+            "ram_usage_mb": ram_usage_mb(), "finish_reason": "error"}
 
 
 class Model:
@@ -62,6 +64,12 @@ class Model:
 
         with Model("weights/lfm2-1.2b") as m:
             print(m.complete([{"role": "user", "content": "Hi"}], max_tokens=64).response)
+
+    A handle is safe to share between threads: calls on it are serialized (one generation at a
+    time, each on the session as the previous one left it); `stop()` ends the generation in
+    progress from any thread. A thread that opens a second generation while its own first one is
+    still open (a nested `stream`) gets a RuntimeError at once instead of a deadlock. Two handles
+    on one model directory are independent and share the weights' page cache.
     """
 
     def __init__(self, path: str | Path, max_context: int | None = None, engine=None):
@@ -82,6 +90,9 @@ class Model:
                          if k in generation and (sampled or k == "repetition_penalty")}
         self.session = Session(engine)
         self.closed = False
+        self._lock = threading.Lock()       # one generation at a time on this handle
+        self._owner: int | None = None      # the thread holding it
+        self._cancel = threading.Event()    # set by stop(): the running generation ends
 
     def prompt_ids(self, messages: Any, tools: Any = None) -> list[int]:
         """Messages (+ tools) rendered through the model's template and tokenized."""
@@ -91,20 +102,21 @@ class Model:
                **kwargs) -> Iterator[Token | Completion]:
         """Yield a `Token` per sampled id (its `.text`: the response piece it releases), then the
         `Completion`. Options: keyword arguments and/or `options` (dict or JSON string)."""
-        self._check_open()
-        start = time.perf_counter()
-        opts = SamplingOptions.parse(options, defaults=self.defaults, **kwargs)
-        prompt = self.prompt_ids(messages, tools)
-        pieces, ids, finish = [], [], None
-        setup_s = time.perf_counter() - start  # options, template, tokenizer
-        for event in generate(self.session, self.tokenizer, prompt, opts, stop_ids=self.stop_ids):
-            if isinstance(event, Finish):
-                finish = event
-                break
-            pieces.append(event.text)
-            ids.append(event.id)
-            yield event
-        yield _completion("".join(pieces), ids, finish, time.perf_counter() - start, setup_s)
+        with self._exclusive():
+            start = time.perf_counter()
+            opts = SamplingOptions.parse(options, defaults=self.defaults, **kwargs)
+            prompt = self.prompt_ids(messages, tools)
+            pieces, ids, finish = [], [], None
+            setup_s = time.perf_counter() - start  # options, template, tokenizer
+            for event in generate(self.session, self.tokenizer, prompt, opts, stop_ids=self.stop_ids,
+                                  cancel=self._cancel):
+                if isinstance(event, Finish):
+                    finish = event
+                    break
+                pieces.append(event.text)
+                ids.append(event.id)
+                yield event
+            yield _completion("".join(pieces), ids, finish, time.perf_counter() - start, setup_s)
 
     def complete(self, messages: Any, tools: Any = None, callback: Callable | None = None,
                  user_data: Any = None, options: Any = None, **kwargs) -> Completion:
@@ -119,12 +131,22 @@ class Model:
 
     def reset(self) -> None:
         """Forget the conversation: the next call prefills its whole prompt."""
-        self._check_open()
-        self.session.reset()
+        with self._exclusive():
+            self.session.reset()
+
+    def stop(self) -> None:
+        """End the generation in progress (from any thread) after the token being computed; its
+        completion has finish_reason "cancelled". Does nothing when no generation runs."""
+        if self._owner is not None:
+            self._cancel.set()
 
     def close(self) -> None:
-        """Release the model (its weights' mmap and caches). Calling it twice is harmless."""
-        if not self.closed:
+        """Release the model (its weights' mmap and caches), after a generation in progress ends.
+        Calling it twice is harmless."""
+        if self.closed:
+            return
+        self.stop()
+        with self._exclusive():
             self.closed = True
             self.session = self.engine = None
             self.template = self.tokenizer = None
@@ -132,6 +154,23 @@ class Model:
     def _check_open(self) -> None:
         if self.closed:
             raise ValueError("this model handle was destroyed (cactus_destroy / close)")
+
+    @contextmanager
+    def _exclusive(self):
+        """Hold this handle for one call: other threads wait their turn; a nested call from the
+        thread that holds it is refused (it would wait for itself)."""
+        self._check_open()
+        if self._owner == threading.get_ident():
+            raise RuntimeError("this model handle is already generating in this thread (finish or close "
+                               "the open stream first)")
+        with self._lock:
+            self._check_open()  # it may have been closed while we waited
+            self._owner = threading.get_ident()
+            self._cancel.clear()
+            try:
+                yield
+            finally:
+                self._owner = None
 
     def __enter__(self) -> Model:
         return self
@@ -172,6 +211,14 @@ def cactus_complete(handle: Model, messages: Any, options: Any = None, callback:
     except Exception as e:  # the contract: errors come back as JSON, not as a crash
         message = str(e) if isinstance(e, (ValueError, FileNotFoundError)) else f"{type(e).__name__}: {e}"
         return json.dumps(error_response(message), ensure_ascii=False)
+
+
+def cactus_stop(handle: Model) -> None:
+    """Stop the handle's generation in progress (call it from another thread, or from the
+    streaming callback): the running `cactus_complete` returns what it has, finish_reason
+    "cancelled"."""
+    if isinstance(handle, Model):
+        handle.stop()
 
 
 def cactus_reset(handle: Model) -> None:
@@ -215,5 +262,6 @@ __all__ = [
     "cactus_destroy",
     "cactus_init",
     "cactus_reset",
+    "cactus_stop",
     "ram_usage_mb",
 ]

@@ -8,6 +8,7 @@ the streamed text, holding back what may still become one of them).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -36,7 +37,7 @@ class Token:
 
 @dataclass(frozen=True)
 class Finish:
-    reason: str                   # "eos" | "stop" | "length" | "handoff"
+    reason: str                   # "eos" | "stop" | "length" | "handoff" | "cancelled"
     function_calls: list[dict]
     confidence: float             # mean token probability over the confidence window
     cloud_handoff: bool
@@ -55,20 +56,42 @@ class _Boundary:
     logits: np.ndarray  # (V,) of the prompt's last token
 
 
-class Session:
-    """A model's caches plus the ids they hold. `prefill` runs only what the caches lack:
+@dataclass
+class _Saved:
+    """A conversation set aside for another: its ids, the caches after them (a detached snapshot:
+    it owns its KV) and its last prompt boundary (whose KV is a prefix of `end`'s)."""
+    ids: list[int]
+    end: object
+    boundary: _Boundary | None
+    nbytes: int
 
-    - the new prompt extends what is held        -> feed the new ids only;
-    - it diverges, but after the last prompt end -> restore that snapshot, feed from there
+
+class Session:
+    """A model's caches plus the ids they hold. `prefill` runs only what the caches lack; a state
+    (the live caches, or a conversation saved in the pool) serves a prompt from
+
+    - its end, when the prompt extends its ids                       -> feed the new ids only;
+    - its last prompt boundary, when the prompt diverges after that  -> restore it, feed from there
       (conv states cannot be rolled back, so that boundary is snapshotted at each prefill);
-    - otherwise                                   -> reset and feed everything.
+    - nowhere                                                         -> reset and feed everything.
+
+    With `pool_bytes` > 0, a conversation that another prompt displaces is kept in a pool (LRU,
+    at most that many bytes of snapshots), so conversations that take turns each prefill only
+    their new tokens; the prompt continues whichever state serves it from furthest.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, pool_bytes: int = 0):
         self.model = model
+        self.pool_bytes = pool_bytes
+        self.pool: list[_Saved] = []  # least recently used first
         self.reset()
 
     def reset(self) -> None:
+        """Forget every conversation (the pool's too)."""
+        self.pool = []
+        self._reset_live()
+
+    def _reset_live(self) -> None:
         self.model.reset()
         self.ids: list[int] = []
         self.boundary: _Boundary | None = None
@@ -81,36 +104,52 @@ class Session:
         if len(prompt) > self.model.max_context:
             raise ContextFullError(f"the prompt is {len(prompt)} tokens; the context window is "
                                    f"{self.model.max_context}")
-        common = _common_prefix(self.ids, prompt)
-        b = self.boundary
         try:
-            if b is not None and b.n_ids == len(prompt) == common:  # the very same prompt again
+            (start, how), saved = _resume_point(self.ids, self.boundary, prompt), None
+            for i, s in enumerate(self.pool):
+                point = _resume_point(s.ids, s.boundary, prompt)
+                if point[0] > start:
+                    (start, how), saved = point, i
+            if saved is not None or not how:  # the live conversation is displaced
+                saved = self.pool.pop(saved) if saved is not None else None
+                self._set_aside()
+                if saved is not None:
+                    self.model.restore(saved.end)
+                    self.ids, self.boundary = saved.ids, saved.boundary
+            b = self.boundary
+            if how == "same":  # the very same prompt again
                 self.model.restore(b.snapshot)
                 self.ids = prompt
                 return b.logits, 0
-            if common == len(self.ids) and common < len(prompt):
-                start = common
-            elif b is not None and b.n_ids <= common and b.n_ids < len(prompt):
+            if how == "boundary":
                 self.model.restore(b.snapshot)
-                start = b.n_ids
-            else:
+            elif not how:
                 self.model.reset()
-                start = 0
             self.ids = prompt[:start]
             logits = self.model.forward(prompt[start:], last_only=True)[-1]
             self.ids = prompt
             self.boundary = _Boundary(self.model.snapshot(), len(prompt), np.array(logits, copy=True))
             return logits, len(prompt) - start
         except BaseException:
-            self.reset()  # the caches may hold part of a chunk: start clean next time
+            self._reset_live()  # the caches may hold part of a chunk: start clean next time
             raise
+
+    def _set_aside(self) -> None:
+        """Save the live conversation in the pool (evicting the least recently used past the budget)."""
+        if self.pool_bytes <= 0 or not self.ids:
+            return
+        end, b = self.model.snapshot(detach=True), self.boundary
+        size = _nbytes(end) + (_nbytes(b.snapshot) + b.logits.nbytes if b is not None else 0)
+        self.pool.append(_Saved(self.ids, end, b, size))
+        while sum(s.nbytes for s in self.pool) > self.pool_bytes:
+            self.pool.pop(0)
 
     def step(self, token_id: int) -> np.ndarray:
         """Feed one generated id -> (V,) logits for the next."""
         try:
             logits = self.model.forward([token_id], last_only=True)[-1]
         except BaseException:
-            self.reset()
+            self._reset_live()
             raise
         self.ids.append(int(token_id))
         return logits
@@ -118,6 +157,24 @@ class Session:
     @property
     def full(self) -> bool:
         return self.model.n_past >= self.model.max_context
+
+
+def _resume_point(ids: list[int], boundary: _Boundary | None, prompt: list[int]) -> tuple[int, str]:
+    """Where a state holding `ids` serves `prompt` from -> (ids kept, how): how is "end" (extend
+    the ids), "boundary" (from the last prompt boundary), "same" (that boundary is the prompt) or
+    "" (nowhere)."""
+    common = _common_prefix(ids, prompt)
+    if boundary is not None and boundary.n_ids == len(prompt) == common:
+        return len(prompt), "same"
+    if common == len(ids) and common < len(prompt):
+        return common, "end"
+    if boundary is not None and boundary.n_ids <= common and boundary.n_ids < len(prompt):
+        return boundary.n_ids, "boundary"
+    return 0, ""
+
+
+def _nbytes(snapshot) -> int:
+    return getattr(snapshot, "nbytes", 0)  # test engines' snapshots own no arrays
 
 
 class TextGate:
@@ -191,9 +248,11 @@ def eos_ids(model, tokenizer: Tokenizer, extra: Iterable[int] = ()) -> frozenset
 
 
 def generate(session: Session, tokenizer: Tokenizer, prompt_ids: Iterable[int], options: SamplingOptions,
-             stop_ids: Iterable[int] | None = None) -> Iterator[Token | Finish]:
+             stop_ids: Iterable[int] | None = None, cancel: threading.Event | None = None,
+             ) -> Iterator[Token | Finish]:
     """Prefill `prompt_ids` (only what `session` lacks), then sample until eos, a stop string,
-    `max_tokens`, a full context, or a settled-low confidence with `confidence_threshold` set.
+    `max_tokens`, a full context, a settled-low confidence with `confidence_threshold` set, or
+    `cancel` being set (checked after each token).
 
     Yields one `Token` per sampled id (the eos too, with text ""), then one `Finish`.
     """
@@ -218,7 +277,8 @@ def generate(session: Session, tokenizer: Tokenizer, prompt_ids: Iterable[int], 
             text = gate.feed(detok.push(token))
             history.append(token)
             reason = ("stop" if gate.stopped else "handoff" if meter.settled_low
-                      else "length" if n == options.max_tokens or session.full else None)
+                      else "length" if n == options.max_tokens or session.full
+                      else "cancelled" if cancel is not None and cancel.is_set() else None)
             if reason is not None:
                 text += gate.close(detok.flush())
         with clock.paused():
