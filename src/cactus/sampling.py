@@ -17,7 +17,26 @@ ALIASES = {"max_new_tokens": "max_tokens", "n_predict": "max_tokens", "stop_sequ
 
 
 class OptionError(ValueError):
-    """An unknown option, or a value out of range."""
+    """An unknown option, or a value out of range. `name` and `problem` say which and why
+    (`'top_p'`, `must be in (0, 1], got 2.0`), for callers that name the field their own way."""
+
+    def __init__(self, message: str, name: str | None = None, problem: str | None = None):
+        super().__init__(message)
+        self.name, self.problem = name, problem
+
+
+def _bad(name: str, problem: str) -> OptionError:
+    return OptionError(f"option {name!r} {problem}", name, problem)
+
+
+def check_option(name: str, value: Any) -> Any:
+    """One option's value checked (and normalized: ints to float where a number is meant) the way
+    SamplingOptions checks it; the one place the ranges live. Raises OptionError."""
+    name = ALIASES.get(name, name)
+    if name not in _CHECKS:
+        raise OptionError(f"unknown option {name!r}; known options: {', '.join(sorted(_CHECKS))}", name,
+                          "is not a known option")
+    return _CHECKS[name](name, value)
 
 
 @dataclass(frozen=True)
@@ -57,7 +76,7 @@ def _as_dict(source: Any, what: str) -> dict:
             return {}
         try:
             source = json.loads(source)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:  # RecursionError: nesting deeper than the parser goes
             raise OptionError(f"{what}: not valid JSON ({e})") from None
     if not isinstance(source, dict):
         raise OptionError(f"{what} must be an object of option names to values, got {type(source).__name__}")
@@ -66,7 +85,7 @@ def _as_dict(source: Any, what: str) -> dict:
     for key, value in source.items():
         name = ALIASES.get(key, key)
         if name not in known:
-            raise OptionError(f"unknown option {key!r}; known options: {', '.join(sorted(known))}")
+            raise OptionError(f"unknown option {_show(key)}; known options: {', '.join(sorted(known))}")
         out[name] = value
     return out
 
@@ -74,22 +93,38 @@ def _as_dict(source: Any, what: str) -> dict:
 def _number(name, value, lo, hi, lo_open=False, hi_open=False, integer=False):
     kind = "an integer" if integer else "a number"
     ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok_type or (not integer and not math.isfinite(value)):
-        raise OptionError(f"option {name!r} must be {kind}, got {value!r}")
+    if isinstance(value, bool) or not ok_type or (not integer and not _finite(value)):
+        raise _bad(name, f"must be {kind}, got {_show(value)}")
     below = value <= lo if lo_open else value < lo
     above = hi is not None and (value >= hi if hi_open else value > hi)
     if below or above:
         left, right = "(" if lo_open else "[", ")" if hi_open or hi is None else "]"
         upper = "inf" if hi is None else hi
-        raise OptionError(f"option {name!r} must be in {left}{lo}, {upper}{right}, got {value!r}")
+        raise _bad(name, f"must be in {left}{lo}, {upper}{right}, got {_show(value)}")
     return int(value) if integer else float(value)
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int past float's range
+        return False
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """A value as an error message shows it: repr, cut short (a 10,000-digit int has no repr)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return f"an integer of {value.bit_length()} bits"
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _stop(name, value):
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, (list, tuple)) or not all(isinstance(s, str) and s for s in value):
-        raise OptionError(f"option {name!r} must be a string or a list of non-empty strings, got {value!r}")
+        raise _bad(name, f"must be a string or a list of non-empty strings, got {_show(value)}")
     return tuple(value)
 
 
@@ -230,4 +265,4 @@ class ConfidenceMeter:
         return self.threshold is not None and bool(self.probs) and self.value < self.threshold
 
 
-__all__ = ["ConfidenceMeter", "OptionError", "Sampler", "SamplingOptions"]
+__all__ = ["ConfidenceMeter", "OptionError", "Sampler", "SamplingOptions", "check_option"]
