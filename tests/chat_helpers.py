@@ -98,7 +98,7 @@ class ScriptedModel:
     def reset(self) -> None:
         self.n_past, self.step = 0, 0
 
-    def snapshot(self):
+    def snapshot(self, detach: bool = False):
         return (self.n_past, self.step)
 
     def restore(self, snap) -> None:

@@ -1,6 +1,7 @@
 """A loaded model and its session state: `load(path) -> Model`, then `forward` continues the
 session (KV cache for attention layers, conv state for conv layers), `reset` clears it, and
-`snapshot`/`restore` return to an earlier point (the conv state cannot be rolled back otherwise).
+`snapshot`/`restore` return to an earlier point (the conv state cannot be rolled back otherwise),
+or, detached, to another conversation's.
 """
 
 from __future__ import annotations
@@ -24,7 +25,14 @@ class ContextError(ValueError):
 @dataclass(frozen=True)
 class Snapshot:
     n_past: int
-    states: tuple
+    states: tuple  # one per layer: what its cache's snapshot() returned
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of array data this snapshot owns."""
+        def size(x) -> int:
+            return x.nbytes if isinstance(x, np.ndarray) else sum(map(size, x)) if isinstance(x, tuple) else 0
+        return size(self.states)
 
 
 class Model:
@@ -58,8 +66,11 @@ class Model:
             self.n_past += chunk.size
         return out[-1] if last_only or len(out) == 1 else np.concatenate(out, 0)
 
-    def snapshot(self) -> Snapshot:
-        return Snapshot(self.n_past, tuple(c.snapshot() for c in self.cache))
+    def snapshot(self, detach: bool = False) -> Snapshot:
+        """The session's point now. By default KV caches give only their length (they are append-
+        only, so it rolls them back); `detach` copies their filled part too, so the snapshot
+        survives another conversation overwriting the caches (the server's session pool)."""
+        return Snapshot(self.n_past, tuple(c.snapshot(detach) for c in self.cache))
 
     def restore(self, snap: Snapshot) -> None:
         for c, s in zip(self.cache, snap.states, strict=True):

@@ -50,11 +50,20 @@ class KVCache:
         ops.kv_store(self.kt, self.v, k, v, self.length)
         self.length += k.shape[0]
 
-    def snapshot(self) -> int:
-        return self.length
+    def snapshot(self, detach: bool = False) -> int | tuple:
+        """The length; detached: (length, kt, v) copies of the filled part, which survive the
+        cache being overwritten by another conversation."""
+        if not detach:
+            return self.length
+        n = self.length
+        return n, self.kt[:, :-(-n // 16)].copy(), self.v[:, :n].copy()
 
-    def restore(self, length: int) -> None:
-        self.length = length
+    def restore(self, state: int | tuple) -> None:
+        if isinstance(state, tuple):
+            state, kt, v = state
+            self.kt[:, :kt.shape[1]] = kt
+            self.v[:, :state] = v
+        self.length = state
 
 
 class ConvCache:
@@ -63,8 +72,8 @@ class ConvCache:
     def __init__(self, l_cache: int, hidden: int):
         self.state = np.zeros((l_cache - 1, hidden), np.float32)
 
-    def snapshot(self) -> np.ndarray:
-        return self.state.copy()
+    def snapshot(self, detach: bool = False) -> np.ndarray:
+        return self.state.copy()  # always a copy: the state is overwritten by every token
 
     def restore(self, state: np.ndarray) -> None:
         self.state[:] = state
