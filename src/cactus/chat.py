@@ -26,29 +26,55 @@ ROLES = ("system", "user", "assistant", "tool")
 class ChatTemplate:
     """A chat template (Jinja source) plus the special tokens it may refer to."""
 
-    def __init__(self, source: str | dict[str, str], special_tokens: dict[str, str] | None = None):
+    def __init__(self, source: str | dict[str, str], special_tokens: dict[str, str] | None = None,
+                 file: str | Path | None = None):
         named = source if isinstance(source, dict) else {"default": source}
         if not named or not all(isinstance(v, str) for v in named.values()):
-            raise ValueError("a chat template must be a string or a {name: string} mapping")
+            raise ValueError(f"{file or 'chat template'}: a chat template must be a string or a "
+                             "{name: string} mapping")
         self.templates = named
         self.special_tokens = dict(special_tokens or {})
+        self.file = file  # where it was read from, for error messages
 
     @classmethod
     def from_dir(cls, path: str | Path, special_tokens: dict[str, str] | None = None) -> ChatTemplate:
         """Read the template of a model directory: chat_template.jinja, chat_template.json, or
         tokenizer_config.json's `chat_template` (a string or a list of named templates)."""
+        from .tokenizer import read_json_object
+
         path = Path(path)
-        if (path / "chat_template.jinja").is_file():
-            return cls((path / "chat_template.jinja").read_text("utf-8"), special_tokens)
+        file = path / "chat_template.jinja"
+        if file.is_file():
+            try:
+                return cls(file.read_bytes().decode("utf-8"), special_tokens, file)
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{file}: not valid UTF-8 at byte {e.start}") from None
         for name in ("chat_template.json", "tokenizer_config.json"):
             file = path / name
             if file.is_file():
-                value = json.loads(file.read_text("utf-8")).get("chat_template")
+                value = read_json_object(file).get("chat_template")
                 if isinstance(value, list):  # [{"name": ..., "template": ...}], as transformers stores them
-                    value = {t["name"]: t["template"] for t in value}
+                    if not all(isinstance(t, dict) and isinstance(t.get("name"), str) for t in value):
+                        raise ValueError(f"{file}: chat_template must be a string or a list of "
+                                         "{name, template} objects")
+                    value = {t["name"]: t.get("template") for t in value}
                 if value:
-                    return cls(value, special_tokens)
+                    return cls(value, special_tokens, file)
         raise FileNotFoundError(f"{path}: no chat template (chat_template.jinja or tokenizer_config.json)")
+
+    def check(self) -> None:
+        """Compile every template and render a one-message conversation, so a broken template
+        fails when the model is opened (naming its file), not on every turn after."""
+        where = self.file or "chat template"
+        for name, source in self.templates.items():
+            try:
+                _compile(source)
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}" if len(self.templates) == 1 else f"{where} ({name}): {e}") from None
+        try:
+            self.render([{"role": "user", "content": "Hello"}])
+        except ValueError as e:
+            raise ValueError(f"{where}: rendering a one-message conversation fails ({e})") from None
 
     def source(self, tools: bool = False) -> str:
         if tools and "tool_use" in self.templates:
@@ -71,8 +97,9 @@ class ChatTemplate:
         try:
             return _compile(source).render(messages=messages, tools=tools, documents=None,
                                            add_generation_prompt=add_generation_prompt, **context)
-        except jinja2.TemplateError as e:
-            raise ValueError(f"chat template: {e}") from None
+        except Exception as e:  # noqa: BLE001 - the template is the model's code: any failure is its error
+            detail = str(e) if isinstance(e, jinja2.TemplateError) else f"{type(e).__name__}: {e}"
+            raise ValueError(f"chat template: {detail}") from None
 
 
 def _from_json(value: Any, what: str) -> Any:
@@ -98,7 +125,7 @@ def validate_messages(messages: Any) -> list[dict]:
         where = f"messages[{i}]"
         if not isinstance(message, dict):
             raise ValueError(f"{where} must be an object, got {type(message).__name__}")
-        message = {k: _plain(v, f"{where}.{k}") for k, v in message.items() if v is not None}
+        message = {k: v for k, v in _plain(message, where).items() if v is not None}
         role = message.get("role")
         if role not in ROLES:
             raise ValueError(f"{where}.role must be one of {', '.join(ROLES)}; got {role!r}")
@@ -199,19 +226,31 @@ def _join_text_parts(parts: list, where: str) -> str:
 
 
 def _plain(value: Any, where: str) -> Any:
-    """A fresh copy made of JSON types only, so the template sees nothing with methods of its own."""
-    if value is None or type(value) in (str, int, float, bool):
+    """A fresh copy made of JSON types only, so the template sees nothing with methods of its own.
+    Strings must be valid Unicode: a lone surrogate (JSON `"\\ud800"`) has no UTF-8 encoding."""
+    if type(value) is str:
+        return _text(value, where)
+    if value is None or type(value) in (int, float, bool):
         return value
     if isinstance(value, dict):
-        return {str(k): _plain(v, where) for k, v in value.items()}
+        return {_text(str(k), f"{where} key"): _plain(v, f"{where}.{k}") for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v, where) for v in value]
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
     for base in (bool, int, float, str):  # subclasses (enums, numpy scalars via .item()) -> base type
         if isinstance(value, base):
-            return base(value)
+            return _plain(base(value), where)
     if hasattr(value, "item"):
         return _plain(value.item(), where)
     raise ValueError(f"{where}: {type(value).__name__} is not a JSON value")
+
+
+def _text(s: str, where: str) -> str:
+    if not s.isascii():
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"{where}: not valid Unicode (lone surrogate at character {e.start})") from None
+    return s
 
 
 class _GenerationTag(jinja2.ext.Extension):

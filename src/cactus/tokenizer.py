@@ -26,14 +26,13 @@ class Tokenizer:
         except Exception as e:  # the Rust side raises a bare Exception
             raise ValueError(f"{file}: cannot read the tokenizer ({e})") from None
         cfg_file = self.path / "tokenizer_config.json"
-        self.config: dict = json.loads(cfg_file.read_text("utf-8")) if cfg_file.is_file() else {}
+        self.config: dict = read_json_object(cfg_file) if cfg_file.is_file() else {}
         added = self._tok.get_added_tokens_decoder()  # {id: AddedToken}
         # Special tokens as the model defines them: matched whole in text, kept by decode().
         self.special_tokens: dict[str, int] = {t.content: i for i, t in sorted(added.items()) if t.special}
-        self.bos_token = _token_content(self.config.get("bos_token"))
-        self.eos_token = _token_content(self.config.get("eos_token"))
-        self.pad_token = _token_content(self.config.get("pad_token"))
-        self.unk_token = _token_content(self.config.get("unk_token"))
+        names = ("bos_token", "eos_token", "pad_token", "unk_token")
+        self.bos_token, self.eos_token, self.pad_token, self.unk_token = (
+            _token_content(self.config, name, cfg_file) for name in names)
         self.bos_token_id = self.token_to_id(self.bos_token) if self.bos_token else None
         self.eos_token_id = self.token_to_id(self.eos_token) if self.eos_token else None
 
@@ -102,11 +101,27 @@ class StreamDecoder:
         return new_text[len(prefix_text):]
 
 
-def _token_content(value) -> str | None:
-    """tokenizer_config stores a special token as a string or as {"content": ...}."""
+def read_json_object(file: Path) -> dict:
+    """A JSON object file (tokenizer_config.json, generation_config.json...); errors name the file."""
+    try:
+        value = json.loads(file.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{file}: not valid UTF-8 at byte {e.start}") from None
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f"{file}: not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{file}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _token_content(config: dict, name: str, file: Path) -> str | None:
+    """tokenizer_config stores a special token as a string or as {"content": ...} (or null)."""
+    value = config.get(name)
     if isinstance(value, dict):
         value = value.get("content")
-    return value if isinstance(value, str) and value else None
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{file}: {name} must be a string or {{\"content\": string}}, got {config[name]!r:.60}")
+    return value or None
 
 
 __all__ = ["StreamDecoder", "Tokenizer"]
