@@ -8,6 +8,7 @@ every other response field present.
 from __future__ import annotations
 
 import json
+import operator
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,8 +20,8 @@ from typing import Any
 from . import memory
 from .chat import ChatTemplate
 from .generate import Finish, Session, Token, eos_ids, generate
-from .sampling import SamplingOptions
-from .tokenizer import Tokenizer
+from .sampling import OptionError, SamplingOptions, check_option
+from .tokenizer import Tokenizer, read_json_object
 
 RESPONSE_FIELDS = ("success", "error", "response", "function_calls", "cloud_handoff", "confidence",
                    "time_to_first_token_ms", "total_time_ms", "prefill_tps", "decode_tps", "prefill_tokens",
@@ -73,6 +74,8 @@ class Model:
     """
 
     def __init__(self, path: str | Path, max_context: int | None = None, engine=None):
+        # everything the model directory says is checked here, so a bad file fails at open, naming itself
+        max_context = check_context_size(max_context, "max_context")
         if engine is None:
             from .engine import load
 
@@ -81,13 +84,9 @@ class Model:
         self.path = Path(engine.path)
         self.tokenizer = Tokenizer(self.path)
         self.template = ChatTemplate.from_dir(self.path, self.tokenizer.template_tokens())
-        generation = _read_json(self.path / "generation_config.json")
-        extra_eos = generation.get("eos_token_id")
-        extra_eos = [extra_eos] if isinstance(extra_eos, int) else (extra_eos or [])
+        self.template.check()
+        self.defaults, extra_eos = generation_config(self.path / "generation_config.json")
         self.stop_ids = eos_ids(engine, self.tokenizer, extra_eos)
-        sampled = generation.get("do_sample", False)
-        self.defaults = {k: generation[k] for k in _GENERATION_DEFAULTS
-                         if k in generation and (sampled or k == "repetition_penalty")}
         self.session = Session(engine)
         self.closed = False
         self._lock = threading.Lock()       # one generation at a time on this handle
@@ -197,8 +196,49 @@ def _completion(text: str, ids: list[int], finish: Finish, total_s: float, setup
 # ----------------------------------------------------------------------------- C-style API
 
 def cactus_init(model_path: str | Path, context_size: int | None = None) -> Model:
-    """Load a converted model directory -> a handle for the other cactus_* functions."""
-    return Model(model_path, max_context=context_size)
+    """Load a converted model directory -> a handle for the other cactus_* functions.
+    context_size: tokens of context (None: the model's own); bad values raise ValueError."""
+    return Model(model_path, max_context=check_context_size(context_size, "context_size"))
+
+
+def check_context_size(value: Any, name: str = "context_size") -> int | None:
+    """A context window in tokens: None (the model's own) or an integer > 0. Raises ValueError."""
+    if value is None:
+        return None
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        value = operator.index(value)  # ints and numpy ints; not floats or strings
+    except TypeError:
+        raise ValueError(f"{name} must be a whole number of tokens (or None), got {value!r:.60}") from None
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0 tokens, got {value}")
+    return value
+
+
+def generation_config(file: Path) -> tuple[dict, list[int]]:
+    """generation_config.json -> (default sampling options, extra eos ids), checked when the model
+    is opened: a bad value names the file and the field. Sampling defaults apply only with
+    `do_sample: true` (transformers' rule); repetition_penalty always."""
+    if not file.is_file():
+        return {}, []
+    g = read_json_object(file)
+    eos = g.get("eos_token_id")
+    eos = [] if eos is None else [eos] if not isinstance(eos, list) else eos
+    if not all(type(i) is int and i >= 0 for i in eos):
+        raise ValueError(f"{file}: eos_token_id must be an integer or a list of integers, "
+                         f"got {g.get('eos_token_id')!r:.60}")
+    sampled = g.get("do_sample", False)
+    if not isinstance(sampled, bool):
+        raise ValueError(f"{file}: do_sample must be true or false, got {sampled!r:.60}")
+    defaults = {}
+    for k in _GENERATION_DEFAULTS:
+        if g.get(k) is not None and (sampled or k == "repetition_penalty"):
+            try:
+                defaults[k] = check_option(k, g[k])
+            except OptionError as e:
+                raise ValueError(f"{file}: {k} {e.problem}") from None
+    return defaults, eos
 
 
 def cactus_complete(handle: Model, messages: Any, options: Any = None, callback: Callable | None = None,
@@ -244,14 +284,6 @@ def _model(handle: Any) -> Model:
 def ram_usage_mb() -> float:
     """Current resident set size of this process in MB (not the peak)."""
     return round(memory.rss_bytes() / 2**20, 3)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 __all__ = [
