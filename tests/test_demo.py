@@ -100,6 +100,6 @@ def test_int4_requantization_keeps_perplexity(heldout_ids, tmp_path):
     cfg.pop("cactus")
     (src / "config.json").write_text(json.dumps(cfg))
     base = perplexity(load(demo_path()).forward(heldout_ids), heldout_ids)
-    int4 = perplexity(load(convert(src, tmp_path / "int4", quant="int4")).forward(heldout_ids), heldout_ids)
+    int4 = perplexity(load(convert(src, tmp_path / "int4", quant="int4", chat=False)).forward(heldout_ids), heldout_ids)
     print(f"held-out perplexity: shipped int8 {base:.4f}, re-quantized int4 {int4:.4f}")
     assert int4 < base * 1.05

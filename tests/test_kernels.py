@@ -268,7 +268,7 @@ def test_decoder_plan_and_states_are_checked(tmp_path):
     from cactus.engine import load
 
     hf_dir, _ = make_hf_model(tmp_path / "hf", "moe")
-    m = load(convert(hf_dir, tmp_path / "int4", quant="int4"), max_context=32)
+    m = load(convert(hf_dir, tmp_path / "int4", quant="int4", chat=False), max_context=32)
     net = m.net
     layers = [(b.op.spec(), b.ffn.spec(), b.operator_norm, b.ffn_norm) for b in net.blocks]
     plan = ops.decoder(layers, net.embed, net.norm, net.lm_head, 1e-5)

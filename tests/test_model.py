@@ -62,13 +62,13 @@ def case(request, tmp_path_factory):
 
 def test_f32_prefill_matches_transformers(case, tmp_path):
     hf_dir, model, ids = case
-    ours = load(convert(hf_dir, tmp_path / "f32", quant="f32")).forward(ids)
+    ours = load(convert(hf_dir, tmp_path / "f32", quant="f32", chat=False)).forward(ids)
     assert rel_err(ours, hf_logits(model, ids)) < 1e-4
 
 
 def test_cached_decode_matches_prefill(case, tmp_path):
     hf_dir, model, ids = case
-    m = load(convert(hf_dir, tmp_path / "f32", quant="f32"))
+    m = load(convert(hf_dir, tmp_path / "f32", quant="f32", chat=False))
     # prefill a prefix, then one token at a time, then a chunk: every split gives the same logits
     steps = [m.forward(ids[:7])] + [m.forward(ids[i:i + 1]) for i in range(7, 15)] + [m.forward(ids[15:])]
     assert rel_err(np.concatenate(steps), hf_logits(model, ids)) < 1e-4
@@ -80,7 +80,7 @@ def test_stored_weights_compute_exactly(case, tmp_path, quant):
     """Same (dequantized) weights in transformers and in our engine's reference ops: the same
     logits. (The int kernels also quantize activations: see the next test.)"""
     hf_dir, model, ids = case
-    out = convert(hf_dir, tmp_path / quant, quant=quant)
+    out = convert(hf_dir, tmp_path / quant, quant=quant, chat=False)
     with ops.use("ref"):
         ours = load(out).forward(ids)
     oracle = copy.deepcopy(model)
@@ -94,7 +94,7 @@ def test_kernels_follow_the_reference_on_whole_models(case, tmp_path, quant):
     weights, prefill then cached decode. Random tiny models are chaotic (a flipped MoE route
     changes a token's whole FFN), so this bounds the divergence rather than asking for equality."""
     hf_dir, model, ids = case
-    out = convert(hf_dir, tmp_path / quant, quant=quant)
+    out = convert(hf_dir, tmp_path / quant, quant=quant, chat=False)
     with ops.use("ref"):
         ref = load(out).forward(ids)
     m = load(out)
@@ -114,7 +114,7 @@ def test_one_call_decode_equals_op_by_op(case, tmp_path, quant):
     kernels in the same order, so every level gives the same logits bit for bit, conv state and KV
     cache included (checked by decoding on from each)."""
     hf_dir, model, ids = case
-    m = load(convert(hf_dir, tmp_path / quant, quant=quant))
+    m = load(convert(hf_dir, tmp_path / quant, quant=quant, chat=False))
     for level in [lv for lv in ops.supported() if lv != "ref"]:
         with ops.use(level):
             m.reset()
@@ -140,7 +140,7 @@ def test_quantization_error_on_random_weights(tmp_path):
     ref = np.concatenate([hf_logits(model, p) for p in prompts])
     results = {}
     for quant in ("int8", "int4"):
-        m = load(convert(hf_dir, tmp_path / quant, quant=quant))
+        m = load(convert(hf_dir, tmp_path / quant, quant=quant, chat=False))
         ours = []
         with ops.use("ref"):  # the weights' quantization error alone
             for p in prompts:

@@ -23,7 +23,7 @@ from cactus.weights import ALIGN, NoSpaceError, SafetensorsFile, WeightError
 def converted(tmp_path_factory):
     root = tmp_path_factory.mktemp("w")
     hf, _ = make_hf_model(root / "hf", "moe")
-    return hf, convert(hf, root / "int4", quant="int4")
+    return hf, convert(hf, root / "int4", quant="int4", chat=False)
 
 
 def copy_model(src, dst):
@@ -105,7 +105,7 @@ def test_convert_leaves_nothing_on_failure(converted, tmp_path):
     f = hf / "model.safetensors"
     f.write_bytes(f.read_bytes()[:-100])
     with pytest.raises(WeightError):
-        convert(hf, tmp_path / "out")
+        convert(hf, tmp_path / "out", chat=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
 
 
@@ -114,7 +114,7 @@ def test_convert_checks_disk_space_first(converted, tmp_path, monkeypatch):
     real = shutil.disk_usage
     monkeypatch.setattr(weights.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
     with pytest.raises(NoSpaceError, match=r"not enough disk space in .*: the weight file needs 0\.\d+ GB"):
-        convert(converted[0], tmp_path / "out")
+        convert(converted[0], tmp_path / "out", chat=False)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -133,14 +133,14 @@ def test_disk_filling_up_while_writing_is_one_clear_error(converted, tmp_path, m
 
     monkeypatch.setattr("cactus.convert.write_safetensors", write)
     with pytest.raises(NoSpaceError, match="filled up while writing the weight file"):
-        convert(converted[0], tmp_path / "out")
+        convert(converted[0], tmp_path / "out", chat=False)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_convert_refuses_to_overwrite(converted, tmp_path):
     out = copy_model(converted[1], tmp_path / "out")
     with pytest.raises(FileExistsError):
-        convert(converted[0], out)
+        convert(converted[0], out, chat=False)
 
 
 def test_file_is_standard_safetensors_with_aligned_tensors(converted):
@@ -162,7 +162,7 @@ def test_sharded_bf16_checkpoint(tmp_path):
     _, model = make_hf_model(tmp_path / "src", "dense")
     model.to(torch.bfloat16).save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
     assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
-    ours = load(convert(tmp_path / "sharded", tmp_path / "a", quant="f32")).forward(ids := [3, 1, 4, 1, 5, 9, 2, 6])
+    ours = load(convert(tmp_path / "sharded", tmp_path / "a", quant="f32", chat=False)).forward(ids := [3, 1, 4, 1, 5, 9, 2, 6])
     oracle = hf_logits(model.to(torch.float32), ids)  # the bf16-rounded weights, computed in f32
     assert np.abs(ours - oracle).max() < 1e-4 * np.abs(oracle).max()
 

@@ -301,7 +301,8 @@ def _count(text: str) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cactus bench", description="Measure prefill/decode speed and memory.")
-    p.add_argument("model_dir", nargs="?", help="a converted model directory")
+    p.add_argument("model_dir", nargs="?", help="a converted model directory, a name from `cactus list`, "
+                                                "or a HuggingFace repo id")
     p.add_argument("--synthetic", metavar="NAME", help="random weights of a published shape (cactus.shapes)")
     p.add_argument("--quant", default="int4", choices=["int4", "int8", "f16", "bf16", "f32"])
     p.add_argument("--prompt", type=_count, default=512, help="prompt tokens (default 512)")
@@ -328,7 +329,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1  # the child printed why
         model_dir = Path(out.stdout.strip().splitlines()[-1])
     else:
-        model_dir = Path(args.model_dir)
+        from .cli import resolve_model  # a directory, a name from `cactus list`, or a repo id, as `cactus run`
+
+        model_dir = resolve_model(args.model_dir, args.quant)
     r = run(model_dir, args.prompt, args.gen, args.runs, args.threads)
     print(json.dumps(r) if args.json else format_result(r))
     return 0

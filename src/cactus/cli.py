@@ -10,7 +10,9 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPT = 0, 1, 2, 130
 
@@ -19,7 +21,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from .convert import convert
 
     out = convert(args.hf_dir, args.out_dir, quant=args.quant, group_size=args.group_size,
-                  embed_quant=args.embed_quant, progress=not args.quiet, overwrite=args.force)
+                  embed_quant=args.embed_quant, progress=not args.quiet, overwrite=args.force,
+                  chat=not args.no_chat)
     print(f"wrote {out}")
     return EXIT_OK
 
@@ -33,25 +36,59 @@ def cmd_download(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_list(args: argparse.Namespace) -> int:
+    from .hub import list_models, models_dir
+
+    entries = list_models()
+    if not entries:
+        print(f"no converted models in {models_dir()} (`cactus download REPO` adds one)", file=sys.stderr)
+        return EXIT_OK
+    width = max(4, *(len(e.name) for e in entries))
+    print(f"{'NAME':<{width}}  QUANT  {'SIZE':>9}  PATH")
+    for e in entries:
+        print(f"{e.name:<{width}}  {e.quant:<5}  {e.size / 1e9:7.2f} GB  {e.path}")
+    return EXIT_OK
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    from .hub import remove
+
+    e = remove(args.name)
+    print(f"removed {e.name} ({e.quant}, {e.size / 1e9:.2f} GB) from {e.path.parent}")
+    return EXIT_OK
+
+
 def resolve_model(name: str | None, quant: str = "int4") -> Path:
     """A model argument -> a converted model directory: none or 'demo' (the built-in demo model),
-    a model directory, or a HuggingFace repo id (downloaded and converted on first use)."""
+    a directory, a model name in the cactus home (`cactus list`), or a HuggingFace repo id
+    (downloaded and converted into the home on first use, one directory per quant).
+    What exists on disk is a path; what looks like a path (starts with . / ~, has more than one
+    slash, or its first part is a local directory: weights/lfm2-24b-a2b) and does not exist is a
+    missing directory, never taken for a repo id."""
     if name in (None, "demo"):
         from .demo import demo_path
 
         return demo_path()
-    path = Path(name)
-    if path.is_dir():
-        return path
-    if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", name) and not path.exists():
-        from .hub import converted_quant, default_dir, download
+    from .hub import converted_quant, download, model_dir, models_dir
 
-        out = default_dir(name)
-        if converted_quant(out):
-            return out
-        print(f"{name} is not converted yet: downloading it to {out} ...", file=sys.stderr)
-        return download(name, quant=quant, out=out)
-    raise FileNotFoundError(f"{name}: no such model directory (give a directory, a HuggingFace repo id, or 'demo')")
+    path = Path(name).expanduser()
+    if path.exists():
+        return path
+    parts = name.replace("\\", "/").split("/")
+    if name.startswith((".", "/", "~")) or len(parts) > 2 or (len(parts) == 2 and Path(parts[0]).is_dir()):
+        raise FileNotFoundError(f"{name}: no such model directory")
+    if len(parts) == 1:
+        if (models_dir() / name).is_dir():
+            return models_dir() / name
+        raise FileNotFoundError(f"{name}: no such model directory, and no model of that name in {models_dir()} "
+                                f"(give a directory, a name from `cactus list`, a HuggingFace repo id, or 'demo')")
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", name):
+        raise FileNotFoundError(f"{name}: no such model directory, and not a HuggingFace repo id")
+    out = model_dir(name, quant)
+    if converted_quant(out) == quant:
+        return out
+    print(f"{name} ({quant}) is not converted yet: downloading it to {out} ...", file=sys.stderr)
+    return download(name, quant=quant)
 
 
 def sampling_kwargs(args: argparse.Namespace) -> dict:
@@ -63,10 +100,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .api import Model
     from .repl import repl
 
+    tools = read_tools(args.tools) if args.tools else None  # checked before the model loads
+    if args.system is not None:
+        from .chat import validate_messages
+
+        try:
+            validate_messages([{"role": "system", "content": args.system}])
+        except ValueError as e:
+            raise ValueError(f"--system: {str(e).partition(': ')[2]}") from None
     path = resolve_model(args.model, args.quant)
-    tools = json.loads(Path(args.tools).read_text()) if args.tools else None
+    # piped input is read as bytes, so a line that is not UTF-8 is reported and skipped, not fatal
+    stdin = sys.stdin if sys.stdin.isatty() else getattr(sys.stdin, "buffer", sys.stdin)
     with Model(path, max_context=args.context) as model:
-        return repl(model, sys.stdin, sys.stdout, sys.stderr, tools=tools, system=args.system,
+        return repl(model, stdin, sys.stdout, sys.stderr, tools=tools, system=args.system,
                     options=sampling_kwargs(args))
 
 
@@ -122,13 +168,72 @@ def cmd_build(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def option_type(name: str, convert: type) -> Callable[[str], Any]:
+    """An argparse type for sampling option `name`: the text as `convert`, then checked by
+    sampling.check_option (the one place the ranges live), so a bad flag is a usage error (2)."""
+    def parse(text: str):
+        from .sampling import OptionError, check_option
+
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {'an integer' if convert is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        try:
+            return check_option(name, value)
+        except OptionError as e:
+            raise argparse.ArgumentTypeError(e.problem) from None
+    return parse
+
+
+def context_type(text: str) -> int:
+    from .api import check_context_size
+
+    try:
+        return check_context_size(int(text), "")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).strip() if text.lstrip("+-").isdigit() else
+                                         f"must be a whole number of tokens, got {text!r}") from None
+
+
+def port_type(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number in 0..65535, got {text!r}")
+    return port
+
+
+def read_tools(file: str) -> list:
+    """--tools FILE.json: OpenAI-style tool schemas, checked now (errors name the file)."""
+    from .chat import validate_tools
+
+    try:
+        data = Path(file).read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--tools {file}: no such file") from None
+    try:
+        tools = json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f"--tools {file}: not valid JSON ({e})") from None
+    try:
+        return validate_tools(tools)
+    except ValueError as e:
+        raise ValueError(f"--tools {file}: {e}") from None
+
+
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--temperature", type=float, default=None, help="0 = greedy (default: the model's)")
-    p.add_argument("--top-p", dest="top_p", type=float, default=None)
-    p.add_argument("--top-k", dest="top_k", type=int, default=None)
-    p.add_argument("--repetition-penalty", dest="repetition_penalty", type=float, default=None)
-    p.add_argument("--max-tokens", dest="max_tokens", type=int, default=None, help="most tokens per answer")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--temperature", type=option_type("temperature", float), default=None,
+                   help="0 = greedy (default: the model's)")
+    p.add_argument("--top-p", dest="top_p", type=option_type("top_p", float), default=None)
+    p.add_argument("--top-k", dest="top_k", type=option_type("top_k", int), default=None)
+    p.add_argument("--repetition-penalty", dest="repetition_penalty", type=option_type("repetition_penalty", float),
+                   default=None)
+    p.add_argument("--max-tokens", dest="max_tokens", type=option_type("max_tokens", int), default=None,
+                   help="most tokens per answer")
+    p.add_argument("--seed", type=option_type("seed", int), default=None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,35 +246,57 @@ def build_parser() -> argparse.ArgumentParser:
                                    "safetensors, single or sharded, bf16/f16/f32) into a cactus weight "
                                    "directory. Written under a temporary name, renamed when complete.")
     c.add_argument("hf_dir", type=Path, help="HuggingFace checkpoint directory")
-    c.add_argument("out_dir", type=Path, help="output directory (e.g. weights/lfm2-1.2b)")
+    c.add_argument("out_dir", type=Path, help="output directory (e.g. ~/.cache/cactus/models/my-model: "
+                                              "`cactus run my-model` and `cactus list` then find it)")
     c.add_argument("--quant", default="int4", choices=["f32", "f16", "bf16", "int8", "int4"],
                    help="weight format of the linear layers (default: int4)")
     c.add_argument("--group-size", type=int, default=32, help="quantization group size (multiple of 32)")
     c.add_argument("--embed-quant", default=None, choices=["f32", "f16", "bf16", "int8", "int4"],
                    help="format of the tied embedding / LM head (default: int8 for int4, else --quant)")
-    c.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists")
+    c.add_argument("--force", action="store_true", help="replace OUT_DIR if it holds a cactus model")
+    c.add_argument("--no-chat", dest="no_chat", action="store_true",
+                   help="convert a checkpoint without tokenizer.json or chat template (bench / forward only)")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=cmd_convert)
 
     d = sub.add_parser("download", help="download a HuggingFace checkpoint and convert it",
                        description="Fetch only what a conversion needs (config, safetensors, tokenizer, chat "
                                    "template) with huggingface_hub (resumable; honours HF_TOKEN, HF_HOME, "
-                                   "HF_HUB_OFFLINE), then convert it into weights/<name>.")
+                                   "HF_HUB_OFFLINE), then convert it into the cactus home: "
+                                   "$CACTUS_HOME/models/<name> (default ~/.cache/cactus/models; "
+                                   "$XDG_CACHE_HOME is honoured). <name> is the repo name, lower-cased, for "
+                                   "INT4, and gets a -<quant> suffix for any other quant "
+                                   "(lfm2-8b-a1b, lfm2-8b-a1b-int8).")
     d.add_argument("repo", help="HuggingFace repo id, e.g. LiquidAI/LFM2-24B-A2B")
     d.add_argument("--quant", default="int4", choices=["f32", "f16", "bf16", "int8", "int4"],
                    help="weight format (default: int4)")
-    d.add_argument("--out", type=Path, default=None, help="output directory (default: weights/<repo name>)")
+    d.add_argument("--out", type=Path, default=None,
+                   help="output directory (default: <cactus home>/models/<name>, see above)")
     d.add_argument("--revision", default=None, help="branch, tag or commit of the repo")
     d.add_argument("--force", action="store_true", help="convert again even if the output exists")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_download)
 
+    ls = sub.add_parser("list", help="list the converted models in the cactus home",
+                        description="Name, quant, size on disk and path of every model in "
+                                    "$CACTUS_HOME/models (default ~/.cache/cactus/models).")
+    ls.set_defaults(func=cmd_list)
+
+    rm = sub.add_parser("rm", help="remove a converted model from the cactus home",
+                        description="Delete one model directory of `cactus list` (only those; a running "
+                                    "process that has it loaded keeps working).")
+    rm.add_argument("name", help="a model name as `cactus list` shows it")
+    rm.set_defaults(func=cmd_rm)
+
     def add_model_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument("model", nargs="?", default=None,
-                       help="a model directory, a HuggingFace repo id (downloaded and converted on first use), "
-                            "or 'demo' (default: the built-in demo model)")
-        p.add_argument("--quant", default="int4", choices=["f16", "int8", "int4"], help="for a model downloaded now")
-        p.add_argument("--context", type=int, default=None, help="context window in tokens (default: the model's)")
+                       help="a model directory, a name from `cactus list`, a HuggingFace repo id (downloaded "
+                            "and converted on first use), or 'demo' (default: the built-in demo model)")
+        p.add_argument("--quant", default="int4", choices=["f16", "int8", "int4"],
+                       help="for a repo id: which conversion (each quant has its own directory; converted "
+                            "on first use)")
+        p.add_argument("--context", type=context_type, default=None,
+                       help="context window in tokens (default: the model's)")
 
     r = sub.add_parser("run", help="chat with a model in the terminal",
                        description="Interactive chat: answers stream as they are generated, tok/s after each. "
@@ -186,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="POST /v1/chat/completions (streaming and tools), GET /v1/models, GET /health.")
     add_model_arguments(v)
     v.add_argument("--host", default="127.0.0.1")
-    v.add_argument("--port", type=int, default=8080)
+    v.add_argument("--port", type=port_type, default=8080)
     v.add_argument("--name", default=None, help="model id reported to clients")
     v.add_argument("--verbose", action="store_true", help="log each request")
     v.set_defaults(func=cmd_serve)
@@ -218,7 +345,10 @@ def main(argv: list[str] | None = None) -> int:
         i = argv.index("bench")
         args = argparse.Namespace(command="bench", debug=i == 1, func=cmd_bench, rest=argv[i + 1:])
     else:
-        args = parser.parse_args(argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # argparse has printed the usage error (2) or the help (0)
+            return e.code if isinstance(e.code, int) else EXIT_USAGE
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE

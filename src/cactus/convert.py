@@ -3,7 +3,11 @@
 Names stay HF's, with two explicit exceptions: per-expert MoE weights
 (`feed_forward.experts.N.w1.weight`, or transformers' fused `gate_up_proj` / `down_proj`) are
 stacked into `feed_forward.experts.w{1,2,3}.weight` (E, ., .), and a tied `lm_head` is dropped.
-The output is written under a temporary name and renamed into place only when complete.
+The output is written under a temporary name, loaded back once, and renamed into place only
+then; an existing output is renamed aside, never written over (docs/RELIABILITY.md).
+Refused before anything is written: an output that is, holds or lies inside the input; a checkpoint
+without a tokenizer and chat template (unless chat=False / --no-chat); expert tensors of unequal
+shapes; a tensor whose shape the config does not give. A non-finite weight stops the write.
 """
 
 from __future__ import annotations
@@ -74,19 +78,29 @@ class _Source:
         st, _ = self.arrays[name]
         return tuple(st.tensors[name].shape)
 
+    def where(self, name: str) -> str:
+        return f"{self.arrays[name][0].path}: tensor '{name}'"
+
     def f32(self, name: str) -> np.ndarray:
         st, dtype = self.arrays[name]
         a = st.tensors[name]
         if dtype == "BF16":
-            return (a.astype(np.uint32) << 16).view(np.float32)
-        if dtype not in ("F32", "F16", "F64"):
-            raise WeightError(f"{st.path}: tensor '{name}' has dtype {dtype}, expected a float type")
-        return a.astype(np.float32)
+            a = (a.astype(np.uint32) << 16).view(np.float32)
+        elif dtype in ("F32", "F16", "F64"):
+            a = a.astype(np.float32)
+        else:
+            raise WeightError(f"{self.where(name)} has dtype {dtype}, expected a float type")
+        if not np.isfinite(a.sum(dtype=np.float64)):  # exact: a float64 sum of finite f32 cannot overflow
+            bad = np.flatnonzero(~np.isfinite(a))
+            first = [int(i) for i in np.unravel_index(bad[0], a.shape)]
+            raise WeightError(f"{self.where(name)} has {bad.size} non-finite values (NaN or inf), the first "
+                              f"at index {first}: the checkpoint is damaged")
+        return a
 
 
-def _logical_tensors(src: _Source, cfg: ModelConfig) -> dict[str, tuple[tuple[int, ...], Callable]]:
-    """Our tensor name -> (logical shape, producer of its f32 values)."""
-    out: dict[str, tuple[tuple[int, ...], Callable]] = {}
+def _logical_tensors(src: _Source, cfg: ModelConfig) -> dict[str, tuple[tuple[int, ...], Callable, str]]:
+    """Our tensor name -> (logical shape, producer of its f32 values, where it comes from)."""
+    out: dict[str, tuple[tuple[int, ...], Callable, str]] = {}
     experts: dict[tuple[str, str], dict[int, str]] = {}
     for name in sorted(src.arrays):
         if name.startswith("__pad__"):
@@ -99,28 +113,35 @@ def _logical_tensors(src: _Source, cfg: ModelConfig) -> dict[str, tuple[tuple[in
         if m:
             e, rows, cols = src.shape(name)
             if m[2] == "down_proj":
-                out[m[1] + ".w2.weight"] = ((e, rows, cols), lambda n=name: src.f32(n))
+                out[m[1] + ".w2.weight"] = ((e, rows, cols), lambda n=name: src.f32(n), src.where(name))
             else:
                 half = rows // 2
-                out[m[1] + ".w1.weight"] = ((e, half, cols), lambda n=name, h=half: src.f32(n)[:, :h])
-                out[m[1] + ".w3.weight"] = ((e, half, cols), lambda n=name, h=half: src.f32(n)[:, h:])
+                out[m[1] + ".w1.weight"] = ((e, half, cols), lambda n=name, h=half: src.f32(n)[:, :h], src.where(name))
+                out[m[1] + ".w3.weight"] = ((e, half, cols), lambda n=name, h=half: src.f32(n)[:, h:], src.where(name))
             continue
         if name == "lm_head.weight" and cfg.tie_word_embeddings:
             continue
-        out[name] = (src.shape(name), lambda n=name: src.f32(n))
+        out[name] = (src.shape(name), lambda n=name: src.f32(n), src.where(name))
     for (prefix, w), by_idx in experts.items():
         if sorted(by_idx) != list(range(cfg.num_experts)):
             raise WeightError(f"{prefix}.*.{w}.weight: found experts {sorted(by_idx)}, "
                               f"config has num_experts={cfg.num_experts}")
         names = [by_idx[i] for i in range(cfg.num_experts)]
+        for n in names[1:]:
+            if src.shape(n) != src.shape(names[0]):
+                raise WeightError(f"{src.where(n)} has shape {list(src.shape(n))}, expert 0 "
+                                  f"('{names[0]}') has {list(src.shape(names[0]))}: all experts need one shape")
         shape = (len(names),) + src.shape(names[0])
-        out[f"{prefix}.{w}.weight"] = (shape, lambda ns=names: np.stack([src.f32(n) for n in ns]))
+        out[f"{prefix}.{w}.weight"] = (shape, lambda ns=names: np.stack([src.f32(n) for n in ns]),
+                                       f"{src.arrays[names[0]][0].path}: tensors '{prefix}.*.{w}.weight'")
     return out
 
 
 def convert(hf_dir: str | Path, out_dir: str | Path, quant: str = "int4", group_size: int = DEFAULT_GROUP,
-            embed_quant: str | None = None, progress: bool = False, overwrite: bool = False) -> Path:
-    """Convert a local HF checkpoint directory into a cactus weight directory; returns out_dir."""
+            embed_quant: str | None = None, progress: bool = False, overwrite: bool = False,
+            chat: bool = True) -> Path:
+    """Convert a local HF checkpoint directory into a cactus weight directory; returns out_dir.
+    chat=False converts a checkpoint without tokenizer or chat template (for bench / forward only)."""
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     if quant not in FORMATS:
         raise ValueError(f"unknown quantization {quant!r} (choose from {', '.join(FORMATS)})")
@@ -129,17 +150,19 @@ def convert(hf_dir: str | Path, out_dir: str | Path, quant: str = "int4", group_
         raise ValueError(f"unknown embedding quantization {embed_quant!r}")
     if quant in QUANTIZED and (group_size <= 0 or group_size % 32):
         raise ValueError(f"group size must be a positive multiple of 32, got {group_size}")
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} already exists (pass overwrite=True / --force to replace it)")
     cfg_dict = json.loads((hf_dir / "config.json").read_text()) if (hf_dir / "config.json").exists() else None
     if cfg_dict is None:
         raise WeightError(f"{hf_dir}: no config.json (is this a HuggingFace checkpoint directory?)")
+    _check_output(hf_dir, out_dir, overwrite)
     cfg = ModelConfig.from_dict(cfg_dict, str(hf_dir / "config.json"))
+    if chat:
+        _check_chat_files(hf_dir)
     src = _Source(hf_dir)
     logical = _logical_tensors(src, cfg)
+    _check_shapes(logical, cfg, hf_dir)
 
     planned, info = [], {}
-    for name, (shape, produce) in logical.items():
+    for name, (shape, produce, _) in logical.items():
         fmt = weight_format(name, shape, quant, embed_quant)
         pieces, meta = plan_weight(name, fmt, shape, group_size, produce)
         planned += pieces
@@ -164,8 +187,70 @@ def convert(hf_dir: str | Path, out_dir: str | Path, quant: str = "int4", group_
         cfg_dict["cactus"] = cactus_section(quant, group_size, embed_quant)
         (tmp / "config.json").write_text(json.dumps(cfg_dict, indent=2) + "\n")
         from .engine import load
-        load(tmp)  # validates every tensor against the config before the result is published
+        try:
+            load(tmp)  # validates every tensor against the config before the result is published
+        except ValueError as e:  # name the directory the user asked for, not the staging one
+            raise WeightError(str(e).replace(str(tmp), str(out_dir))) from None
     return out_dir
+
+
+def _check_output(hf_dir: Path, out_dir: Path, overwrite: bool) -> None:
+    """Refuse an output that would destroy the input (symlinks resolved, the input's files too: a HF
+    cache snapshot links to blobs elsewhere) or something that is not a cactus model."""
+    out = out_dir.resolve()
+    inputs = [("the input checkpoint", hf_dir.resolve())]
+    inputs += [(f"the input's file {f} (a link to {f.resolve()})", f.resolve()) for f in hf_dir.iterdir()
+               if f.is_symlink()]
+    for what, src in inputs:
+        if out == src:
+            raise ValueError(f"{out_dir}: the output directory is {what}: choose another output directory")
+        if out in src.parents:
+            raise ValueError(f"{out_dir}: the output directory contains {what}: choose another output directory")
+    if hf_dir.resolve() in out.parents:
+        raise ValueError(f"{out_dir}: the output directory is inside the input checkpoint {hf_dir}: "
+                         f"choose another output directory")
+    if out_dir.exists() or out_dir.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"{out_dir} already exists (pass overwrite=True / --force to replace it)")
+        if out_dir.is_dir() and any(out_dir.iterdir()) and not _is_model_dir(out_dir):
+            raise FileExistsError(f"{out_dir} exists and is not a cactus model directory: not replacing it "
+                                  f"(choose another output directory, or remove it yourself)")
+
+
+def _is_model_dir(path: Path) -> bool:
+    try:
+        return isinstance(json.loads((path / "config.json").read_text()).get("cactus"), dict)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _check_chat_files(hf_dir: Path) -> None:
+    """`cactus run` / `serve` need tokenizer.json and a chat template: check they are there and load."""
+    from .chat import ChatTemplate
+    from .tokenizer import Tokenizer
+
+    hint = ("copy it from the original model repo, or pass --no-chat (chat=False) if the model is only for "
+            "`cactus bench` and forward passes")
+    if not (hf_dir / "tokenizer.json").is_file():
+        raise WeightError(f"{hf_dir}: no tokenizer.json: {hint}")
+    try:
+        ChatTemplate.from_dir(hf_dir, Tokenizer(hf_dir).template_tokens())
+    except FileNotFoundError:
+        raise WeightError(f"{hf_dir}: no chat template (chat_template.jinja, or chat_template in "
+                          f"tokenizer_config.json): {hint}") from None
+
+
+def _check_shapes(logical: dict, cfg: ModelConfig, hf_dir: Path) -> None:
+    """Every tensor the model reads is there with the shape its config gives (named in the source)."""
+    from .synthetic import logical_tensors
+
+    for name, shape in logical_tensors(cfg).items():
+        if name not in logical:
+            raise WeightError(f"{hf_dir}: the checkpoint has no tensor '{name}' (config.json needs it)")
+        have, _, where = logical[name]
+        if tuple(have) != tuple(shape):
+            raise WeightError(f"{where} has shape {list(have)}, config.json needs {list(shape)}"
+                              + (f" for '{name}'" if f"'{name}'" not in where else ""))
 
 
 def _np(dtype: str):

@@ -3,13 +3,13 @@
 Quantized tensors are made directly in their stored layout (random int8 / packed int4 bytes and
 fp16 scales sized so each layer keeps unit-scale activations), so a 13 GB model takes disk speed,
 not quantization time. Tensor names, formats and metadata are exactly convert.py's.
-Cached under ~/.cache/cactus/synthetic/NAME-QUANT (or $CACTUS_CACHE); written once, atomically.
+Kept among the converted models, as <cactus home>/models/synthetic-NAME-QUANT (hub.py: default
+~/.cache/cactus/models; `cactus list` shows it, `cactus rm` removes it); written once, atomically.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -33,8 +33,10 @@ from .weights import (
 UNIFORM_STD = {"int8": 73.3, "int4": 4.61}  # std of uniform random stored values (q in [-127,127] / [-8,7])
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("CACTUS_CACHE") or Path.home() / ".cache" / "cactus") / "synthetic"
+def model_dir(name: str, quant: str) -> Path:
+    from .hub import models_dir
+
+    return models_dir() / f"synthetic-{name}-{quant}"
 
 
 def logical_tensors(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -159,7 +161,7 @@ def write(name: str, quant: str, out_dir: str | Path, group: int = DEFAULT_GROUP
 
 def ensure(name: str, quant: str, progress: bool = True) -> Path:
     """The cached synthetic model directory, written first if missing."""
-    path = cache_dir() / f"{name}-{quant}"
+    path = model_dir(name, quant)
     if not (path / "config.json").exists():
         write(name, quant, path, progress=progress)
     return path

@@ -71,7 +71,9 @@ class SafetensorsFile:
         except FileNotFoundError:
             raise WeightError(f"{self.path}: no such weight file") from None
         try:
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            self.identity = _identity(st)  # the file this object maps, whatever happens to the path later
+            size = st.st_size
             if size < 8:
                 raise WeightError(f"{self.path}: truncated ({size} bytes, no safetensors header)")
             self._mmap = mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else None
@@ -111,6 +113,24 @@ class SafetensorsFile:
                 continue  # alignment filler written by write_safetensors
             self.tensors[name] = np.frombuffer(buf[base + begin:base + end], np_dtype).reshape(shape)
             self.dtypes[name] = dtype
+        self.check_unchanged("while it was being opened")
+
+    def check_unchanged(self, when: str = "since it was opened") -> None:
+        """Raise if the file at self.path is no longer the one mapped, or was modified (size, mtime):
+        its mapped bytes may then not be the ones the header describes."""
+        try:
+            now = _identity(os.stat(self.path))
+        except FileNotFoundError:
+            raise WeightError(f"{self.path}: removed {when}") from None
+        if now != self.identity:
+            what = "replaced by another file" if now[:2] != self.identity[:2] else "modified"
+            raise WeightError(f"{self.path}: {what} {when} (is it being written or copied right now?): "
+                              f"open it again when that has finished; replace model files by renaming "
+                              f"(as cactus convert does), never by writing over them")
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 @dataclass(frozen=True)
@@ -131,10 +151,12 @@ class WeightDir:
             raise WeightError(f"{self.path}: not a model directory")
         cfg_path = self.path / "config.json"
         try:
-            self.config_dict = json.loads(cfg_path.read_text())
+            with open(cfg_path, "rb") as f:
+                cfg_identity = _identity(os.fstat(f.fileno()))
+                self.config_dict = json.loads(f.read())
         except FileNotFoundError:
             raise WeightError(f"{cfg_path}: missing (is this a converted cactus model directory?)") from None
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise WeightError(f"{cfg_path}: not valid JSON ({e})") from None
         section = self.config_dict.get("cactus")
         if not isinstance(section, dict):
@@ -144,6 +166,13 @@ class WeightDir:
             raise WeightError(f"{cfg_path}: format_version {section.get('format_version')!r}, "
                               f"this cactus reads {FORMAT_VERSION}: convert the model again")
         self.file = SafetensorsFile(self.path / section.get("weights", WEIGHTS_FILE))
+        try:
+            cfg_now = _identity(os.stat(cfg_path))
+        except FileNotFoundError:
+            cfg_now = None
+        if cfg_now != cfg_identity:  # the weights mapped may belong to another config
+            raise WeightError(f"{self.path}: replaced while it was being opened (a conversion finishing?): "
+                              f"open it again")
         try:
             raw = json.loads(self.file.metadata.get("cactus.tensors", "{}"))
             self.info = {n: TensorInfo(i["fmt"], tuple(i["shape"]), int(i.get("group_size", 0)))
@@ -216,12 +245,28 @@ def staged_dir(out_dir: Path) -> Iterator[Path]:
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary directory
     try:
         yield tmp
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
+        _publish(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _publish(tmp: Path, out_dir: Path) -> None:
+    """Rename `tmp` to `out_dir`. An existing `out_dir` is renamed aside first and deleted last: its
+    files are unlinked, never truncated or written over, so a process that has them mapped keeps
+    reading the old bytes (new inodes for the new files), and a failed rename puts it back."""
+    if not (out_dir.exists() or out_dir.is_symlink()):
+        tmp.rename(out_dir)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+    out_dir.rename(aside / out_dir.name)
+    try:
+        tmp.rename(out_dir)
+    except BaseException:
+        (aside / out_dir.name).rename(out_dir)
+        aside.rmdir()
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def cactus_section(quant: str, group_size: int, embed_quant: str, **extra) -> dict:
