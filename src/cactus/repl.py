@@ -6,7 +6,7 @@ to stdout and the statistics to stderr, so it scripts cleanly.
 from __future__ import annotations
 
 import json
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 from .api import Completion, Model
 
@@ -20,17 +20,50 @@ multi-line input: end a line with \\ to continue it, or put lines between two li
 Ctrl-C stops the answer being written."""
 
 
-def read_message(stdin: TextIO, interactive: bool) -> str | None:
-    """One message from the user (None at end of input), joining continued and \"\"\" blocks."""
+class BadInput(ValueError):
+    """A message that cannot be read (not UTF-8): reported on its line, and the chat goes on."""
 
-    def line(prompt: str) -> str | None:
-        if interactive:
+
+class LineReader:
+    """Lines of the user's input, numbered. Piped input may be bytes (stdin.buffer): each line is
+    decoded on its own, so one that is not UTF-8 fails alone (`line 3: not valid UTF-8 at byte 5`,
+    the byte offset in that line, from 0) and the lines after it are still read."""
+
+    def __init__(self, stdin: TextIO | BinaryIO, interactive: bool):
+        self.stdin, self.interactive, self.number = stdin, interactive, 0
+
+    def __call__(self, prompt: str) -> str | None:
+        """The next line without its newline (None at end of input); BadInput if it is not text."""
+        self.number += 1
+        if self.interactive:
             try:
                 return input(prompt)
             except EOFError:
                 return None
-        raw = stdin.readline()
-        return None if raw == "" else raw.rstrip("\n")
+            except UnicodeDecodeError as e:  # a terminal whose encoding is strict
+                raise BadInput(f"line {self.number}: not valid {e.encoding} at byte {e.start}") from None
+        raw = self.stdin.readline()
+        if not raw:
+            return None
+        if isinstance(raw, bytes):
+            try:
+                raw = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise BadInput(f"line {self.number}: not valid UTF-8 at byte {e.start}") from None
+        return raw.removesuffix("\n").removesuffix("\r")
+
+
+def read_message(read: LineReader) -> str | None:
+    """One message from the user (None at end of input), joining continued and \"\"\" blocks.
+    A message with a bad line is read to its end, then refused whole (BadInput)."""
+    errors: list[BadInput] = []
+
+    def line(prompt: str) -> str | None:
+        try:
+            return read(prompt)
+        except BadInput as e:
+            errors.append(e)
+            return ""
 
     first = line(">>> ")
     if first is None:
@@ -39,15 +72,19 @@ def read_message(stdin: TextIO, interactive: bool) -> str | None:
         block = []
         while (nxt := line("... ")) is not None and nxt.strip() != '"""':
             block.append(nxt)
-        return "\n".join(block)
-    parts = [first]
-    while parts[-1].endswith("\\"):
-        parts[-1] = parts[-1][:-1]
-        nxt = line("... ")
-        if nxt is None:
-            break
-        parts.append(nxt)
-    return "\n".join(parts)
+        text = "\n".join(block)
+    else:
+        parts = [first]
+        while parts[-1].endswith("\\"):
+            parts[-1] = parts[-1][:-1]
+            nxt = line("... ")
+            if nxt is None:
+                break
+            parts.append(nxt)
+        text = "\n".join(parts)
+    if errors:
+        raise errors[0]
+    return text
 
 
 def describe_call(call: dict) -> str:
@@ -56,9 +93,13 @@ def describe_call(call: dict) -> str:
 
 def repl(model: Model, stdin: TextIO, stdout: TextIO, stderr: TextIO, tools: list | None = None,
          system: str | None = None, options: dict | None = None) -> int:
+    """The chat loop -> exit code: 0, or 1 when piped input had a turn that failed (a bad line, a
+    refused request), so a script sees it."""
     interactive = stdin.isatty()
     options = options or {}
     history: list[dict] = []
+    read = LineReader(stdin, interactive)
+    failed = 0
     if interactive:
         try:
             import readline  # noqa: F401  (line editing and history for input())
@@ -75,10 +116,14 @@ def repl(model: Model, stdin: TextIO, stdout: TextIO, stderr: TextIO, tools: lis
 
     while True:
         try:
-            text = read_message(stdin, interactive)
+            text = read_message(read)
         except KeyboardInterrupt:
             stderr.write("\n")
             break
+        except BadInput as e:
+            stderr.write(f"error: {e}\n")
+            failed += 1
+            continue
         if text is None:
             break
         if not text.strip():
@@ -108,9 +153,10 @@ def repl(model: Model, stdin: TextIO, stdout: TextIO, stderr: TextIO, tools: lis
         answer = _answer(model, conversation(), tools, options, stdout, stderr)
         if answer is None:  # the request itself was refused (e.g. too long): drop it
             history.pop()
+            failed += 1
         else:
             history.append(answer)
-    return 0
+    return 1 if failed and not interactive else 0
 
 
 def _answer(model: Model, messages: list[dict], tools, options: dict, stdout: TextIO,
