@@ -57,13 +57,31 @@ def default_embed_quant(quant: str) -> str:
     return "int8" if quant == "int4" else quant
 
 
+def _index_files(index: Path) -> list[str]:
+    """The shard files model.safetensors.index.json lists (its `weight_map` values); errors name
+    the file and the field."""
+    from .tokenizer import read_json_object
+
+    try:
+        weight_map = read_json_object(index).get("weight_map")
+    except ValueError as e:
+        raise WeightError(str(e)) from None
+    if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+        raise WeightError(f"{index}: weight_map must be an object of tensor names to file names, "
+                          f"got {weight_map!r:.60}")
+    bad = sorted({f for f in weight_map.values() if Path(f).name != f or not f.endswith(".safetensors")})
+    if bad:
+        raise WeightError(f"{index}: weight_map names {bad[0]!r}, not a .safetensors file of this directory")
+    return sorted(set(weight_map.values()))
+
+
 class _Source:
     """All tensors of a HF checkpoint directory, as f32 on demand (bf16/f16/f32 sources)."""
 
     def __init__(self, hf_dir: Path):
         index = hf_dir / "model.safetensors.index.json"
         if index.exists():
-            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            files = _index_files(index)
         else:
             files = sorted(p.name for p in hf_dir.glob("*.safetensors"))
         if not files:
