@@ -156,8 +156,10 @@ class WeightDir:
                 self.config_dict = json.loads(f.read())
         except FileNotFoundError:
             raise WeightError(f"{cfg_path}: missing (is this a converted cactus model directory?)") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
             raise WeightError(f"{cfg_path}: not valid JSON ({e})") from None
+        if not isinstance(self.config_dict, dict):
+            raise WeightError(f"{cfg_path}: expected a JSON object, got {type(self.config_dict).__name__}")
         section = self.config_dict.get("cactus")
         if not isinstance(section, dict):
             raise WeightError(f"{cfg_path}: no 'cactus' section: this looks like a HuggingFace checkpoint, "
@@ -165,7 +167,10 @@ class WeightDir:
         if section.get("format_version") != FORMAT_VERSION:
             raise WeightError(f"{cfg_path}: format_version {section.get('format_version')!r}, "
                               f"this cactus reads {FORMAT_VERSION}: convert the model again")
-        self.file = SafetensorsFile(self.path / section.get("weights", WEIGHTS_FILE))
+        weights = section.get("weights", WEIGHTS_FILE)
+        if not isinstance(weights, str) or Path(weights).name != weights:
+            raise WeightError(f"{cfg_path}: cactus.weights must be a file name in {self.path}, got {weights!r:.60}")
+        self.file = SafetensorsFile(self.path / weights)
         try:
             cfg_now = _identity(os.stat(cfg_path))
         except FileNotFoundError:
