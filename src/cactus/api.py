@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from . import memory
-from .chat import ChatTemplate
+from . import grammar
+from .chat import ChatTemplate, validate_tools
 from .generate import Finish, Session, Token, eos_ids, generate
 from .sampling import OptionError, SamplingOptions, check_option
 from .tokenizer import Tokenizer, read_json_object
@@ -92,6 +93,7 @@ class Model:
         self._lock = threading.Lock()       # one generation at a time on this handle
         self._owner: int | None = None      # the thread holding it
         self._cancel = threading.Event()    # set by stop(): the running generation ends
+        self._plans: dict[str, grammar.Plan | None] = {}  # compiled constraints by request
 
     def prompt_ids(self, messages: Any, tools: Any = None) -> list[int]:
         """Messages (+ tools) rendered through the model's template and tokenized."""
@@ -105,10 +107,11 @@ class Model:
             start = time.perf_counter()
             opts = SamplingOptions.parse(options, defaults=self.defaults, **kwargs)
             prompt = self.prompt_ids(messages, tools)
+            constraint = self.grammar(tools, opts)
             pieces, ids, finish = [], [], None
-            setup_s = time.perf_counter() - start  # options, template, tokenizer
+            setup_s = time.perf_counter() - start  # options, template, tokenizer, grammar
             for event in generate(self.session, self.tokenizer, prompt, opts, stop_ids=self.stop_ids,
-                                  cancel=self._cancel):
+                                  cancel=self._cancel, grammar=constraint):
                 if isinstance(event, Finish):
                     finish = event
                     break
@@ -116,6 +119,23 @@ class Model:
                 ids.append(event.id)
                 yield event
             yield _completion("".join(pieces), ids, finish, time.perf_counter() - start, setup_s)
+
+    def grammar(self, tools: Any, opts: SamplingOptions) -> grammar.Plan | None:
+        """The compiled constraints of a request's tools, tool_choice and response_format (None:
+        nothing to constrain); the last few are kept, as agents repeat the same tools."""
+        tools = validate_tools(tools)
+        key = json.dumps([tools, opts.tool_choice, opts.parallel_tool_calls, opts.response_format],
+                         sort_keys=True)
+        if key not in self._plans:
+            if len(self._plans) >= 8:
+                self._plans.pop(next(iter(self._plans)))
+            try:
+                self._plans[key] = grammar.plan(self.tokenizer, self.engine.config.vocab_size,
+                                                sorted(self.stop_ids), tools, opts.tool_choice,
+                                                opts.parallel_tool_calls, opts.response_format)
+            except grammar.GrammarError as e:
+                raise OptionError(str(e)) from None
+        return self._plans[key]
 
     def complete(self, messages: Any, tools: Any = None, callback: Callable | None = None,
                  user_data: Any = None, options: Any = None, **kwargs) -> Completion:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .grammar import Plan
 from .sampling import ConfidenceMeter, Sampler, SamplingOptions
 from .tokenizer import Tokenizer
 from .tools import TOOL_CALL_END, TOOL_CALL_START, extract_tool_calls
@@ -33,6 +34,8 @@ class Token:
     text: str            # response text this token releases ("" while held back); all of them
                          # concatenated are the response, each valid UTF-8 on its own
     probability: float   # the model's own T=1 probability of this token: its confidence
+    logprob: float | None = None  # with the logprobs option: log of `probability` (unconstrained)
+    top_logprobs: tuple[tuple[int, float], ...] = ()  # ... and the likeliest ids, best first
 
 
 @dataclass(frozen=True)
@@ -249,10 +252,11 @@ def eos_ids(model, tokenizer: Tokenizer, extra: Iterable[int] = ()) -> frozenset
 
 def generate(session: Session, tokenizer: Tokenizer, prompt_ids: Iterable[int], options: SamplingOptions,
              stop_ids: Iterable[int] | None = None, cancel: threading.Event | None = None,
-             ) -> Iterator[Token | Finish]:
+             grammar: Plan | None = None) -> Iterator[Token | Finish]:
     """Prefill `prompt_ids` (only what `session` lacks), then sample until eos, a stop string,
     `max_tokens`, a full context, a settled-low confidence with `confidence_threshold` set, or
-    `cancel` being set (checked after each token).
+    `cancel` being set (checked after each token). With `grammar`, each id is sampled among those
+    its constraint allows; confidence still reads the model's own distribution.
 
     Yields one `Token` per sampled id (the eos too, with text ""), then one `Finish`.
     """
@@ -265,9 +269,14 @@ def generate(session: Session, tokenizer: Tokenizer, prompt_ids: Iterable[int], 
     meter = ConfidenceMeter(options.confidence_window, options.confidence_threshold)
     detok, gate = tokenizer.stream(), TextGate(options.stop)
     history = list(prompt)  # for the repetition penalty: prompt and answer, as transformers
+    constraint = grammar.start(prompt) if grammar is not None else None
     first_token_s = 0.0
     for n in range(1, options.max_tokens + 1):
-        token, p = sampler(logits, history)
+        token, p = sampler(logits, history, constraint.allowed() if constraint is not None else None)
+        if constraint is not None:
+            constraint.advance(token)
+        logprob, top = (sampler.logprobs(logits, token, options.logprobs) if options.logprobs is not None
+                        else (None, ()))
         if n == 1:
             first_token_s = clock.now()
         meter.add(p)
@@ -282,7 +291,7 @@ def generate(session: Session, tokenizer: Tokenizer, prompt_ids: Iterable[int], 
             if reason is not None:
                 text += gate.close(detok.flush())
         with clock.paused():
-            yield Token(token, text, p)
+            yield Token(token, text, p, logprob, top)
         if reason is not None:
             break
         logits = session.step(token)

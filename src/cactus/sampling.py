@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from . import grammar
+
 ALIASES = {"max_new_tokens": "max_tokens", "n_predict": "max_tokens", "stop_sequences": "stop"}
 
 
@@ -51,6 +53,11 @@ class SamplingOptions:
     stop: tuple[str, ...] = ()         # strings that end the answer (not included in it)
     confidence_threshold: float | None = None  # below it: cloud_handoff and stop early
     confidence_window: int = 16        # tokens the confidence is averaged over
+    # structured generation (grammar.py): what a tool call or the whole answer must look like
+    tool_choice: Any = "auto"          # "auto" | "none" | "required" | {"name": tool}
+    parallel_tool_calls: bool = True   # False: one call per call block
+    response_format: dict | None = None  # None (free text) | {"type", "schema"}
+    logprobs: int | None = None        # None = off; else each token's logprob and this many alternatives
 
     def __post_init__(self):
         for f in fields(self):
@@ -128,6 +135,20 @@ def _stop(name, value):
     return tuple(value)
 
 
+def _bool(name, value):
+    if not isinstance(value, bool):
+        raise OptionError(f"option {name!r} must be true or false, got {value!r}", name,
+                          f"must be true or false, got {value!r}")
+    return value
+
+
+def _grammar_check(check, name, value):
+    try:
+        return check(name, value)
+    except grammar.GrammarError as e:
+        raise OptionError(str(e), name, str(e)) from None
+
+
 def _optional(check):
     return lambda name, value: None if value is None else check(name, value)
 
@@ -143,6 +164,10 @@ _CHECKS = {
     "stop": _stop,
     "confidence_threshold": _optional(lambda n, v: _number(n, v, 0, 1)),
     "confidence_window": lambda n, v: _number(n, v, 1, None, integer=True),
+    "tool_choice": lambda n, v: _grammar_check(grammar.check_tool_choice, n, v),
+    "parallel_tool_calls": lambda n, v: _bool(n, v),
+    "response_format": lambda n, v: _grammar_check(grammar.check_response_format, n, v),
+    "logprobs": _optional(lambda n, v: _number(n, v, 0, 20, integer=True)),
 }
 
 
@@ -165,15 +190,26 @@ class Sampler:
         self.options = options
         self.rng = np.random.default_rng(options.seed)
 
-    def __call__(self, logits: np.ndarray, history=()) -> tuple[int, float]:
-        """(V,) logits, ids seen so far -> (chosen id, the probability the model's own T=1
-        distribution gives it: the token's confidence)."""
+    def __call__(self, logits: np.ndarray, history=(), allowed: np.ndarray | None = None) -> tuple[int, float]:
+        """(V,) logits, ids seen so far, optionally the (V,) bool mask of ids a grammar allows ->
+        (chosen id, the probability the model's own unconstrained T=1 distribution gives it: the
+        token's confidence). The mask acts before every other rule, greedy or sampled."""
         z = np.asarray(logits, dtype=np.float32).reshape(-1)
         if not np.isfinite(z).all():
             raise FloatingPointError("the model produced non-finite logits")
-        token = self.choose(z, history)
+        token = self.choose(z if allowed is None else np.where(allowed, z, np.float32(-np.inf)), history)
         w = _weights(z)
         return token, float(w[token] / w.sum(dtype=np.float64))
+
+    @staticmethod
+    def logprobs(logits: np.ndarray, token: int, k: int) -> tuple[float, tuple[tuple[int, float], ...]]:
+        """The model's own (T=1, unconstrained) log-probability of `token`, and its k likeliest
+        ids with theirs, best first."""
+        z = np.asarray(logits, dtype=np.float32).reshape(-1)
+        lse = float(z.max()) + math.log(float(_weights(z).sum(dtype=np.float64)))
+        top = np.argpartition(-z, k - 1)[:k] if k else np.empty(0, dtype=np.int64)
+        top = top[np.argsort(-z[top], kind="stable")]
+        return float(z[token]) - lse, tuple((int(i), float(z[i]) - lse) for i in top)
 
     def choose(self, logits: np.ndarray, history=()) -> int:
         if self.options.temperature == 0.0:
