@@ -210,5 +210,6 @@ def test_recursive_schema_through_refs(tokenizer):
                     "v": {"type": "integer"}, "kids": {"type": "array", "items": {"$ref": "#/$defs/node"}}},
                     "required": ["v"]}}})
     grammar = call_block_grammar([node], single=False)
-    assert accepts(tokenizer, grammar, '[tree(root={"v": 1, "kids": [{"v": 2}, {"v": 3, "kids": []}]})]' + TOOL_CALL_END)
+    good = '[tree(root={"v": 1, "kids": [{"v": 2}, {"v": 3, "kids": []}]})]'
+    assert accepts(tokenizer, grammar, good + TOOL_CALL_END)
     assert not accepts(tokenizer, grammar, '[tree(root={"v": 1, "kids": [{"w": 2}]})]' + TOOL_CALL_END)
