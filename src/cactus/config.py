@@ -114,7 +114,7 @@ class ModelConfig:
 
         eos = d.get("eos_token_id", 2)
         eos = tuple(f.integers("eos_token_id", lo=0)) if isinstance(eos, list) else \
-            (() if eos is None else (f.integer("eos_token_id", lo=0),))
+            (() if eos is None else (f.integer("eos_token_id", 2, lo=0),))
 
         common = dict(
             model_type=model_type,
