@@ -103,10 +103,20 @@ class Model:
                **kwargs) -> Iterator[Token | Completion]:
         """Yield a `Token` per sampled id (its `.text`: the response piece it releases), then the
         `Completion`. Options: keyword arguments and/or `options` (dict or JSON string)."""
+        return self._stream(lambda: self.prompt_ids(messages, tools), tools, options, kwargs)
+
+    def stream_prompt(self, prompt: str, options: Any = None, **kwargs) -> Iterator[Token | Completion]:
+        """`stream` over raw prompt text, no chat template (special-token text becomes its id)."""
+        if not isinstance(prompt, str) or not prompt:
+            raise ValueError("prompt must be a non-empty string")
+        return self._stream(lambda: self.tokenizer.encode(prompt), None, options, kwargs)
+
+    def _stream(self, prompt_ids: Callable[[], list[int]], tools: Any, options: Any,
+                kwargs: dict) -> Iterator[Token | Completion]:
         with self._exclusive():
             start = time.perf_counter()
             opts = SamplingOptions.parse(options, defaults=self.defaults, **kwargs)
-            prompt = self.prompt_ids(messages, tools)
+            prompt = prompt_ids()
             constraint = self.grammar(tools, opts)
             pieces, ids, finish = [], [], None
             setup_s = time.perf_counter() - start  # options, template, tokenizer, grammar
