@@ -101,6 +101,40 @@ def cactus_eval(hf_dir: Path, quants: list[str], n_tool: int, max_new_tokens: in
     return out
 
 
+def constrained_eval(n_tool: int, max_new_tokens: int) -> dict:
+    """The held-out tool requests through cactus on the shipped demo model, greedy, without and
+    with the tool-call grammar (cactus.grammar): parsable, declared tool names only, arguments
+    valid against the tool's schema, right tool, exact arguments."""
+    from unittest import mock
+
+    from cactus import Model, grammar
+    from cactus.demo import demo_path
+
+    requests = demo_data.heldout_tool_requests(demo_data.N_HELDOUT_TOOL, demo_data.HELDOUT_TOOL_SEED)[:n_tool]
+    out = {}
+    with Model(demo_path()) as chat:
+        ll = grammar._ll_tokenizer(chat.tokenizer, chat.engine.config.vocab_size, sorted(chat.stop_ids))
+        for mode, choice in (("unconstrained", "auto"), ("constrained", "auto"), ("constrained", "required")):
+            counts = dict.fromkeys(("parsable", "declared", "schema_valid", "right_tool", "exact"), 0)
+            with mock.patch.object(grammar, "available", return_value=mode == "constrained"):
+                chat._plans.clear()
+                for messages, tools, expected in requests:
+                    chat.reset()
+                    calls = chat.complete(messages, tools=tools, max_tokens=max_new_tokens,
+                                          tool_choice=choice).function_calls
+                    by_name = {t["function"]["name"]: t for t in tools}
+                    got = [(c["name"], c["arguments"]) for c in calls]
+                    counts["parsable"] += bool(calls)
+                    counts["declared"] += bool(calls) and all(n in by_name for n, _ in got)
+                    counts["schema_valid"] += bool(calls) and all(
+                        n in by_name and grammar.arguments_error(ll, by_name[n], a) is None for n, a in got)
+                    counts["right_tool"] += [n for n, _ in got] == [n for n, _ in expected]
+                    counts["exact"] += got == [tuple(c) for c in expected]
+            out[f"{mode}, tool_choice={choice}"] = row = {k: v / len(requests) for k, v in counts.items()}
+            print(f"{mode}, tool_choice={choice}: {row}", flush=True)
+    return out
+
+
 def plot_loss(log_csv: Path, png: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -138,7 +172,12 @@ def main() -> None:
     ap.add_argument("--plot", type=Path, help="write the loss curve PNG here")
     ap.add_argument("--cactus", nargs="+", metavar="QUANT", help="evaluate through cactus at these formats "
                     "(f32 int8 int4) instead of transformers; writes eval_cactus.json")
+    ap.add_argument("--constrained", action="store_true", help="the held-out tool requests on the shipped "
+                    "demo model through cactus, without and with the tool-call grammar")
     args = ap.parse_args()
+    if args.constrained:
+        print(json.dumps(constrained_eval(args.n_tool, args.max_new_tokens), indent=2))
+        return
     if args.cactus:
         results = cactus_eval(args.dir, args.cactus, args.n_tool, args.max_new_tokens)
         (args.dir / "eval_cactus.json").write_text(json.dumps(results, indent=2) + "\n")

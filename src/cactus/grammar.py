@@ -366,6 +366,26 @@ def _in_think(prompt_ids: list[int], start: int | None, end: int | None) -> bool
     return last_start > last_end
 
 
+def arguments_error(ll_tokenizer, tool: dict, arguments: dict) -> str | None:
+    """Why `arguments` do not follow the tool's `parameters` schema (None: they do), checked by
+    llguidance's own JSON-schema matcher on their JSON text: the full schema, so also what a
+    call-block grammar leaves to be checked after generation."""
+    import llguidance
+
+    schema = tool.get("function", tool).get("parameters") or {"type": "object"}
+    m = llguidance.LLMatcher(ll_tokenizer, llguidance.LLMatcher.grammar_from_json_schema(
+        schema, defaults={"whitespace_flexible": False}), log_level=0)
+    if m.is_error():
+        return f"the schema is not usable ({m.get_error()})"
+    order = list(schema.get("properties", {})) if isinstance(schema, dict) else []
+    ranked = dict(sorted(arguments.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+    text = json.dumps(ranked, ensure_ascii=False, separators=(",", ":"))  # keys in the schema's order
+    ids = ll_tokenizer.tokenize_str(text)
+    if m.try_consume_tokens(ids) != len(ids) or not m.is_accepting():
+        return f"{text} does not follow the schema"
+    return None
+
+
 # ----------------------------------------------------------------------------- per answer
 
 class Constraint:
