@@ -1,188 +1,250 @@
 """`cactus serve`: an OpenAI-compatible HTTP server over one model (standard library only).
 
-POST /v1/chat/completions (plain and SSE streaming, tools -> tool_calls), GET /v1/models,
-GET /health. Requests queue on one lock: one model, one conversation cache, no interleaving; a
-request that extends the previous conversation prefills only its new tokens. A client that
-disconnects mid-stream closes the token generator, which stops the generation.
+The HTTP side: a route table (`ROUTES`, one row per endpoint), request bodies read or refused
+on every path (so a kept-alive connection stays in step), socket timeouts, opt-in CORS, and the
+generation run for a `Job` (openai_chat.py / openai_responses.py parse requests and shape answers).
+Requests queue on one lock: one model, one generation at a time. The session keeps a pool of
+conversation caches (`--cache-mb`), so clients that take turns each prefill only their new tokens.
+A client that disconnects, streaming or not, stops its generation within a token.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import select
+import socket
 import sys
 import threading
 import time
-import uuid
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from .api import Completion, Model
-from .sampling import OptionError
+from .generate import Token
+from .openai_chat import ChatJob, CompletionJob, Job, RequestError, Sample, error_body
+from .openai_responses import ResponsesJob
 
 MAX_BODY = 4 << 20  # bytes
-# OpenAI request fields -> cactus option names (None: accepted and ignored)
-OPTION_FIELDS = {"temperature": "temperature", "top_p": "top_p", "max_tokens": "max_tokens",
-                 "max_completion_tokens": "max_tokens", "stop": "stop", "seed": "seed", "top_k": "top_k",
-                 "min_p": "min_p", "repetition_penalty": "repetition_penalty",
-                 "confidence_threshold": "confidence_threshold"}
-IGNORED_FIELDS = {"model", "messages", "tools", "tool_choice", "stream", "stream_options", "n", "user",
-                  "presence_penalty", "frequency_penalty", "logit_bias", "parallel_tool_calls",
-                  "response_format", "metadata", "store", "logprobs", "top_logprobs"}
+TIMEOUT_S = 60.0    # a client silent this long mid-request (or mid-stream) is dropped
+CACHE_MB = 512      # default budget of the conversation pool
 
 
-class RequestError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"):
-        super().__init__(message)
-        self.status, self.message, self.param, self.kind = status, message, param, kind
-
-
-def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None,
-               code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
-
-
-def parse_request(body: dict) -> tuple[list, list | None, dict, bool]:
-    """An OpenAI chat request -> (messages, tools, cactus options, stream). Raises RequestError."""
-    if not isinstance(body, dict):
-        raise RequestError(400, "the request body must be a JSON object")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise RequestError(400, "'messages' must be a non-empty array", "messages")
-    if body.get("n", 1) != 1:
-        raise RequestError(400, "only n=1 is supported", "n")
-    unknown = sorted(set(body) - set(OPTION_FIELDS) - IGNORED_FIELDS)
-    if unknown:
-        raise RequestError(400, f"unknown field(s): {', '.join(unknown)}", unknown[0])
-    options = {OPTION_FIELDS[k]: v for k, v in body.items() if k in OPTION_FIELDS and v is not None}
-    if isinstance(options.get("stop"), str):
-        options["stop"] = [options["stop"]]
-    tools = body.get("tools") or None
-    if body.get("tool_choice") == "none":
-        tools = None
-    return messages, tools, options, bool(body.get("stream", False))
-
-
-def tool_calls(completion: Completion) -> list[dict]:
-    """cactus function_calls -> OpenAI tool_calls (arguments as a JSON string)."""
-    return [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-             "function": {"name": c["name"], "arguments": json.dumps(c["arguments"], ensure_ascii=False)}}
-            for c in completion.function_calls]
-
-
-def finish_reason(completion: Completion) -> str:
-    if completion.function_calls:
-        return "tool_calls"
-    return "length" if completion.finish_reason == "length" else "stop"
-
-
-def usage(completion: Completion, prompt_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion.decode_tokens,
-            "total_tokens": prompt_tokens + completion.decode_tokens,
-            "prompt_tokens_details": {"cached_tokens": prompt_tokens - completion.prefill_tokens}}
+class ClientGone(Exception):
+    """The client closed its connection: stop generating for it."""
 
 
 class Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address, model: Model, model_name: str, verbose: bool = False):
+    def __init__(self, address, model: Model, model_name: str, verbose: bool = False, cors: list[str] | None = None,
+                 timeout_s: float = TIMEOUT_S, cache_mb: float = CACHE_MB):
         self.model, self.model_name, self.verbose = model, model_name, verbose
+        self.cors, self.timeout_s = list(cors or []), timeout_s
         self.lock = threading.Lock()  # one generation at a time on the one model
         self.created = int(time.time())
+        model.session.pool_bytes = int(cache_mb * 2**20)
         super().__init__(address, Handler)
+
+
+# ----------------------------------------------------------------------------- endpoints
+
+def health(h: Handler, body) -> None:
+    h.send_json(200, {"status": "ok", "model": h.server.model_name})
+
+
+def _model_object(h: Handler) -> dict:
+    return {"id": h.server.model_name, "object": "model", "created": h.server.created, "owned_by": "cactus"}
+
+
+def list_models(h: Handler, body) -> None:
+    h.send_json(200, {"object": "list", "data": [_model_object(h)]})
+
+
+def get_model(h: Handler, body, model_id: str) -> None:
+    if model_id != h.server.model_name:
+        raise RequestError(404, f"the model {model_id!r} does not exist (this server has "
+                                f"{h.server.model_name!r})", "model", "not_found_error")
+    h.send_json(200, _model_object(h))
+
+
+def generation(parse: Callable[[dict, str], Job]) -> Callable:
+    def endpoint(h: Handler, body) -> None:
+        h.run(parse(body, h.server.model_name))
+    return endpoint
+
+
+# (method, path pattern) -> handler(h, body, *groups); body is the parsed JSON of a POST
+ROUTES: list[tuple[str, str, Callable]] = [
+    ("GET", "/health", health),
+    ("GET", "/v1/models", list_models),
+    ("GET", "/v1/models/(?P<id>.+)", get_model),
+    ("POST", "/v1/chat/completions", generation(ChatJob.parse)),
+    ("POST", "/v1/completions", generation(CompletionJob.parse)),
+    ("POST", "/v1/responses", generation(ResponsesJob.parse)),
+]
+_COMPILED = [(method, re.compile(pattern + "/?"), fn) for method, pattern, fn in ROUTES]
 
 
 class Handler(BaseHTTPRequestHandler):
     server: Server
     protocol_version = "HTTP/1.1"
 
+    def setup(self) -> None:
+        self.timeout = self.server.timeout_s  # StreamRequestHandler puts it on the socket
+        super().setup()
+
     def log_message(self, fmt, *args):  # quiet unless --verbose
         if self.server.verbose:
             sys.stderr.write(f"{self.address_string()} - {fmt % args}\n")
 
+    # ------------------------------------------------------------------ dispatch
+    def do_GET(self):
+        self._dispatch()
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_GET
+
+    def _dispatch(self) -> None:
+        path = self.path.split("?")[0]
+        try:
+            raw = self._read_body()  # first, on every path: the connection stays in step
+            allowed = [(method, m, fn) for method, pattern, fn in _COMPILED if (m := pattern.fullmatch(path))]
+            if not allowed:
+                raise RequestError(404, f"no route {self.command} {path}", None, "not_found_error")
+            methods = sorted({method for method, _, _ in allowed})
+            if self.command == "OPTIONS" and self.server.cors:  # a CORS preflight
+                self.send_response(204)
+                self.send_header("Access-Control-Allow-Methods", ", ".join(methods + ["OPTIONS"]))
+                self.send_header("Access-Control-Allow-Headers",
+                                 self.headers.get("Access-Control-Request-Headers", "Authorization, Content-Type"))
+                self.send_header("Access-Control-Max-Age", "600")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            match = [(m, fn) for method, m, fn in allowed if method == self.command]
+            if not match:
+                raise MethodNotAllowed(methods)
+            m, fn = match[0]
+            fn(self, _parse_json(raw) if self.command == "POST" else None, *m.groups())
+        except MethodNotAllowed as e:
+            self.send_json(405, error_body(f"{self.command} is not allowed on {path} (allowed: "
+                                           f"{', '.join(e.methods)})", "invalid_request_error"),
+                           {"Allow": ", ".join(e.methods)})
+        except RequestError as e:
+            self.send_json(e.status, error_body(e.message, e.kind, e.param))
+        except ClientGone:
+            self.close_connection = True
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
     # ------------------------------------------------------------------ plumbing
-    def _send_json(self, status: int, obj: dict) -> None:
+    def _read_body(self) -> bytes:
+        """The whole body, read before anything is answered. A body that cannot be read in step
+        (chunked, bad or over-limit length) is refused and the connection closed after the answer."""
+        if self.headers.get("Transfer-Encoding", "").lower() not in ("", "identity"):
+            self.close_connection = True
+            raise RequestError(411, "send the body with a Content-Length (chunked bodies are not supported)")
+        length = self.headers.get("Content-Length")
+        if length is None:
+            if self.command in ("POST", "PUT", "PATCH"):
+                self.close_connection = True  # a body may follow that we cannot delimit
+                raise RequestError(411, "a Content-Length header is required")
+            return b""
+        if not length.strip().isdigit():
+            self.close_connection = True
+            raise RequestError(400, f"bad Content-Length {length!r}")
+        n = int(length)
+        if n > MAX_BODY:
+            self.close_connection = True
+            raise RequestError(413, f"request body of {n} bytes is over the {MAX_BODY}-byte limit")
+        try:
+            raw = self.rfile.read(n)
+        except TimeoutError:
+            self.close_connection = True
+            raise RequestError(408, f"the request body did not arrive within {self.server.timeout_s:g} s") from None
+        if len(raw) < n:
+            self.close_connection = True
+            raise ClientGone
+        return raw
+
+    def send_json(self, status: int, obj: dict, headers: dict | None = None) -> None:
         data = json.dumps(obj, ensure_ascii=False).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
         self.end_headers()
-        self.wfile.write(data)
+        if self.command != "HEAD":
+            self.wfile.write(data)
 
-    def _error(self, e: RequestError) -> None:
-        self._send_json(e.status, error_body(e.message, e.kind, e.param))
-
-    def _read_body(self) -> dict:
+    def send_error(self, code, message=None, explain=None):
+        """http.server's own errors (bad request line, headers too long) as OpenAI JSON, not HTML."""
+        self.close_connection = True
         try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            raise RequestError(411, "a Content-Length header is required") from None
-        if length > MAX_BODY:
-            self.close_connection = True
-            raise RequestError(413, f"request body of {length} bytes is over the {MAX_BODY}-byte limit")
-        try:
-            return json.loads(self.rfile.read(length))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise RequestError(400, f"the request body is not valid JSON ({e})") from None
+            self.send_json(code, error_body(message or self.responses.get(code, ("error",))[0]))
+        except OSError:
+            pass
 
-    # ------------------------------------------------------------------ routes
-    def do_GET(self):
-        path = self.path.split("?")[0].rstrip("/")
-        if path == "/health":
-            self._send_json(200, {"status": "ok", "model": self.server.model_name})
-        elif path == "/v1/models":
-            self._send_json(200, {"object": "list", "data": [
-                {"id": self.server.model_name, "object": "model", "created": self.server.created,
-                 "owned_by": "cactus"}]})
-        else:
-            self._send_json(404, error_body(f"no route GET {path}", "not_found_error"))
+    def end_headers(self) -> None:
+        origin = self._cors_origin()
+        if origin:
+            self.send_header("Access-Control-Allow-Origin", origin)
+            self.send_header("Vary", "Origin")
+        super().end_headers()
 
-    def do_POST(self):
-        path = self.path.split("?")[0].rstrip("/")
-        if path != "/v1/chat/completions":
-            self._send_json(404, error_body(f"no route POST {path}", "not_found_error"))
-            return
+    def _cors_origin(self) -> str | None:
+        allowed = self.server.cors
+        origin = self.headers.get("Origin") if hasattr(self, "headers") and self.headers else None
+        if "*" in allowed:
+            return "*"
+        return origin if origin and origin in allowed else None
+
+    def client_gone(self) -> bool:
+        """Has the client closed its side? (readable with no data pending = EOF). Costs a select."""
         try:
-            messages, tools, options, stream = parse_request(self._read_body())
-        except RequestError as e:
-            self._error(e)
-            return
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
+
+    # ------------------------------------------------------------------ generation
+    def run(self, job: Job) -> None:
+        """Generate the job's samples one after another (the prompt is prefilled once: the next
+        sample finds it in the session) and answer in its API's shape."""
+        model = self.server.model
+        job.tokenizer = model.tokenizer
         with self.server.lock:
+            events = self._samples(job)
             try:
-                model = self.server.model
-                prompt_tokens = len(model.prompt_ids(messages, tools))
-                events = model.stream(messages, tools, **options)
-                first = next(events)  # options and messages are validated before any byte is sent
-            except (ValueError, OptionError, TypeError) as e:
-                self._error(RequestError(400, str(e)))
-                return
-            except Exception as e:  # noqa: BLE001 - reported to the client, server stays up
-                self._error(RequestError(500, f"{type(e).__name__}: {e}", kind="server_error"))
-                return
-            if stream:
-                self._stream(events, first, prompt_tokens)
-            else:
-                completion = first if isinstance(first, Completion) else None
+                prompt_tokens = job.prompt_tokens(model)
+                first = next(events)  # messages and options are checked before any byte is sent
+            except RequestError:
+                raise
+            except (ValueError, TypeError) as e:
+                raise job.field_error(str(e)) from None
+            except Exception as e:  # noqa: BLE001 - reported to the client, the server stays up
+                raise RequestError(500, f"{type(e).__name__}: {e}", kind="server_error") from None
+            try:
+                if job.stream:
+                    self._send_stream(job.chunks(_chain(first, events), prompt_tokens))
+                else:
+                    self.send_json(200, job.body(_fold(_chain(first, events)), prompt_tokens))
+            finally:
+                events.close()
+
+    def _samples(self, job: Job) -> Iterator[tuple[int, Token | Completion]]:
+        for i in range(job.n):
+            events = job.events(self.server.model, i)
+            try:
                 for event in events:
-                    completion = event if isinstance(event, Completion) else completion
-                self._send_json(200, self._completion_body(completion, prompt_tokens))
+                    yield i, event
+                    if self.client_gone():
+                        raise ClientGone
+            finally:
+                events.close()
 
-    def _completion_body(self, c: Completion, prompt_tokens: int) -> dict:
-        message = {"role": "assistant", "content": c.response or (None if c.function_calls else "")}
-        if c.function_calls:
-            message["tool_calls"] = tool_calls(c)
-        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-                "model": self.server.model_name,
-                "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(c), "logprobs": None}],
-                "usage": usage(c, prompt_tokens), "cactus": _cactus_fields(c)}
-
-    def _stream(self, events, first, prompt_tokens: int) -> None:
-        cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-
-        def chunk(delta: dict, finish: str | None = None, **extra) -> bytes:
-            body = {"id": cid, "object": "chat.completion.chunk", "created": created,
-                    "model": self.server.model_name,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra}
-            return b"data: " + json.dumps(body, ensure_ascii=False).encode() + b"\n\n"
-
+    def _send_stream(self, chunks: Iterator[bytes]) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -190,36 +252,54 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.close_connection = True
         try:
-            self.wfile.write(chunk({"role": "assistant", "content": ""}))
-            event = first
-            while not isinstance(event, Completion):
-                if event.text:
-                    self.wfile.write(chunk({"content": event.text}))
-                    self.wfile.flush()
-                event = next(events)
-            c = event
-            if c.function_calls:
-                calls = [dict(tc, index=i) for i, tc in enumerate(tool_calls(c))]
-                self.wfile.write(chunk({"tool_calls": calls}))
-            self.wfile.write(chunk({}, finish_reason(c), usage=usage(c, prompt_tokens)))
-            self.wfile.write(b"data: [DONE]\n\n")
-            self.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError, TimeoutError):
-            pass  # the client left: stop generating
+            for piece in chunks:
+                self.wfile.write(piece)
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError, TimeoutError, ClientGone):
+            pass  # the client left or stalled: closing the chunks generator stops the generation
+        except Exception as e:  # noqa: BLE001 - headers are sent: the error goes in the stream
+            error = error_body(f"{type(e).__name__}: {e}", "server_error")
+            try:
+                self.wfile.write(b"data: " + json.dumps(error, ensure_ascii=False).encode() + b"\n\n")
+            except OSError:
+                pass
         finally:
-            events.close()
+            chunks.close()
 
 
-def _cactus_fields(c: Completion) -> dict:
-    return {"confidence": c.confidence, "cloud_handoff": c.cloud_handoff,
-            "time_to_first_token_ms": round(c.time_to_first_token_ms, 2), "prefill_tps": round(c.prefill_tps, 2),
-            "decode_tps": round(c.decode_tps, 2), "prefill_tokens": c.prefill_tokens}
+class MethodNotAllowed(Exception):
+    def __init__(self, methods: list[str]):
+        self.methods = methods
+
+
+def _parse_json(raw: bytes):
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RequestError(400, f"the request body is not valid JSON ({e})") from None
+
+
+def _chain(first, rest: Iterator) -> Iterator:
+    yield first
+    yield from rest
+
+
+def _fold(events: Iterator[tuple[int, Token | Completion]]) -> list[Sample]:
+    """A non-streamed answer is the fold of the stream: each sample's tokens and completion."""
+    samples, tokens = [], []
+    for _, event in events:
+        if isinstance(event, Completion):
+            samples.append(Sample(tokens, event))
+            tokens = []
+        else:
+            tokens.append(event)
+    return samples
 
 
 def serve(model: Model, model_name: str, host: str = "127.0.0.1", port: int = 8080, verbose: bool = False,
-          ready=None) -> None:
+          ready=None, cors: list[str] | None = None, timeout_s: float = TIMEOUT_S, cache_mb: float = CACHE_MB) -> None:
     """Serve until interrupted. `ready(server)` is called once the socket is listening."""
-    server = Server((host, port), model, model_name, verbose)
+    server = Server((host, port), model, model_name, verbose, cors=cors, timeout_s=timeout_s, cache_mb=cache_mb)
     if ready:
         ready(server)
     try:
