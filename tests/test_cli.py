@@ -270,13 +270,13 @@ def test_run_ctrl_c_stops_the_answer_not_the_program(model_dir):
 def test_bench_synthetic_tiny_reports_speed_memory_and_bandwidth(tmp_path):
     r = subprocess.run([sys.executable, "-m", "cactus.cli", "bench", "--synthetic", "tiny", "--quant", "int4",
                         "--prompt", "16", "--gen", "4", "--runs", "1", "--json"], capture_output=True, text=True,
-                       timeout=600, env=dict(os.environ, CACTUS_CACHE=str(tmp_path)))
+                       timeout=600, env=dict(os.environ, CACTUS_HOME=str(tmp_path)))
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     for key in ("prefill_tps", "decode_tps", "ttft_ms", "peak_rss_mb", "peak_anon_rss_mb", "effective_gbs",
                 "bw_gbs", "prefill_gmacs", "prefill_pct_of_compute"):
         assert result[key] > 0, key
-    assert (tmp_path / "synthetic" / "tiny-int4" / "model.safetensors").is_file()
+    assert (tmp_path / "models" / "synthetic-tiny-int4" / "model.safetensors").is_file()
     assert result["cpu"] and result["cpu"] != "unknown"
     # steal over a decode run: None where it is shorter than the kernel's tick (as here) or not Linux
     assert all(x is None or 0 <= x <= 100 for x in result["decode_steal_pct_all"])
@@ -294,14 +294,14 @@ def test_bench_synthetic_without_disk_space_says_so_in_one_line(tmp_path):
     site.mkdir()
     (site / "sitecustomize.py").write_text("import shutil\n_real = shutil.disk_usage\n"
                                            "shutil.disk_usage = lambda p: _real(p)._replace(free=1000)\n")
-    env = dict(os.environ, CACTUS_CACHE=str(tmp_path / "cache"),
+    env = dict(os.environ, CACTUS_HOME=str(tmp_path / "cache"),
                PYTHONPATH=os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
     r = subprocess.run([sys.executable, "-m", "cactus.cli", "bench", "--synthetic", "tiny", "--gen", "4"],
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 1, r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("cactus bench: error: not enough disk space in ")
     assert "Traceback" not in r.stderr
-    assert list((tmp_path / "cache" / "synthetic").iterdir()) == []
+    assert list((tmp_path / "cache" / "models").iterdir()) == []
 
 
 def test_bench_says_when_the_os_does_not_tell_private_memory(monkeypatch):
@@ -360,7 +360,7 @@ def test_bench_counts_a_prompt_tokens_multiply_adds_from_the_config(tmp_path):
 def test_bench_rejects_bad_options_in_one_line(tmp_path, args, says):
     # through `python -m cactus.bench` as benchmarks/run_bars.sh calls it: the message, not a traceback
     r = subprocess.run([sys.executable, "-m", "cactus.bench", "--synthetic", "tiny", "--gen", "4", *args],
-                       capture_output=True, text=True, timeout=600, env=dict(os.environ, CACTUS_CACHE=str(tmp_path)))
+                       capture_output=True, text=True, timeout=600, env=dict(os.environ, CACTUS_HOME=str(tmp_path)))
     assert r.returncode == 2
     assert says in r.stderr and "Traceback" not in r.stderr, r.stderr
 
