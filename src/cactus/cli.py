@@ -120,6 +120,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .api import Model
     from .server import serve
 
+    if args.cache_mb < 0 or not args.timeout > 0:
+        raise ValueError("--cache-mb must be >= 0" if args.cache_mb < 0 else "--timeout must be > 0")
     path = resolve_model(args.model, args.quant)
     name = args.name or (args.model if args.model and not Path(args.model).is_dir() else path.name)
 
@@ -129,7 +131,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
 
     with Model(path, max_context=args.context) as model:
-        serve(model, name, args.host, args.port, verbose=args.verbose, ready=ready)
+        serve(model, name, args.host, args.port, verbose=args.verbose, ready=ready, cors=args.cors,
+              timeout_s=args.timeout, cache_mb=args.cache_mb)
     return EXIT_OK
 
 
@@ -310,12 +313,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
 
     v = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API",
-                       description="POST /v1/chat/completions (streaming and tools), GET /v1/models, GET /health.")
+                       description="POST /v1/chat/completions, /v1/completions and /v1/responses (streaming, "
+                                   "tools, structured output, logprobs), GET /v1/models[/ID], GET /health.")
     add_model_arguments(v)
     v.add_argument("--host", default="127.0.0.1")
     v.add_argument("--port", type=port_type, default=8080)
     v.add_argument("--name", default=None, help="model id reported to clients")
     v.add_argument("--verbose", action="store_true", help="log each request")
+    v.add_argument("--cache-mb", dest="cache_mb", type=float, default=512, metavar="MB",
+                   help="memory for the caches of conversations set aside, so agents that take turns each "
+                        "prefill only their new tokens (default: 512; 0 keeps only the current one)")
+    v.add_argument("--cors", action="append", default=None, metavar="ORIGIN",
+                   help="allow browser pages from ORIGIN (repeatable; '*' for any) to call the API")
+    v.add_argument("--timeout", type=float, default=60, metavar="S",
+                   help="drop a client silent this long mid-request or mid-stream (default: 60)")
     v.set_defaults(func=cmd_serve)
 
     b = sub.add_parser("build", help="rebuild the native kernels in place and show which ISA this CPU uses",
