@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import mmap
 import os
 import shutil
@@ -85,24 +86,30 @@ class SafetensorsFile:
             raise WeightError(f"{self.path}: truncated or corrupt header (header length {hlen}, file {size} bytes)")
         try:
             header = json.loads(bytes(self._mmap[8:8 + hlen]))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested too deep
             raise WeightError(f"{self.path}: header is not valid JSON ({e})") from None
         if not isinstance(header, dict):
             raise WeightError(f"{self.path}: header is not a JSON object")
         self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
+        if not isinstance(self.metadata, dict) or not all(isinstance(v, str) for v in self.metadata.values()):
+            raise WeightError(f"{self.path}: __metadata__ must be an object of strings")
         base = 8 + hlen
         buf = memoryview(self._mmap)
         self.tensors: dict[str, np.ndarray] = {}
         self.dtypes: dict[str, str] = {}
         for name, info in header.items():
             try:
-                dtype, shape, (begin, end) = info["dtype"], [int(s) for s in info["shape"]], info["data_offsets"]
+                dtype, shape, (begin, end) = info["dtype"], list(info["shape"]), info["data_offsets"]
             except (KeyError, TypeError, ValueError):
                 raise WeightError(f"{self.path}: tensor '{name}' has a malformed header entry") from None
-            if dtype not in DTYPES:
-                raise WeightError(f"{self.path}: tensor '{name}' has unsupported dtype {dtype}")
+            if not all(type(v) is int for v in (*shape, begin, end)):  # JSON ints only: no floats, strings, bools
+                raise WeightError(f"{self.path}: tensor '{name}': shape and data_offsets must be integers")
+            if not isinstance(dtype, str) or dtype not in DTYPES:
+                raise WeightError(f"{self.path}: tensor '{name}' has unsupported dtype {dtype!r:.40}")
             np_dtype = np.dtype(DTYPES[dtype])
-            nbytes = int(np.prod(shape, dtype=np.int64)) * np_dtype.itemsize
+            nbytes = math.prod(shape) * np_dtype.itemsize  # Python ints: a huge shape cannot wrap around
+            if nbytes >= 1 << 62 or len(shape) > 64:
+                raise WeightError(f"{self.path}: tensor '{name}' has a shape too large for any file")
             if end - begin != nbytes or begin < 0 or min(shape, default=1) < 0:
                 raise WeightError(f"{self.path}: tensor '{name}' has {end - begin} bytes, "
                                   f"its shape {shape} and dtype {dtype} need {nbytes}")
