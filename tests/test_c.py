@@ -1,6 +1,8 @@
 """The C kernel test (tests/c/test_kernels.c) built and run from pytest: natively with
 AddressSanitizer + UBSan at every ISA level this CPU has, and cross-built for AArch64 (NEON +
-dotprod) under qemu. Each is skipped cleanly where its compiler or emulator is missing.
+dotprod) under qemu. Each is skipped cleanly where its compiler or emulator is missing, except
+in CI: .ci/run installs them and lists those it has in CACTUS_CI_REQUIRE_KERNEL_TESTS, and a test
+that would skip for a listed tool fails instead (a kernel level CI silently never tests).
 """
 
 from __future__ import annotations
@@ -35,6 +37,43 @@ def load_setup() -> dict:
 SETUP = load_setup()
 X86, ARM = SETUP["X86"], SETUP["ARM"]  # the flags the package's build gives each ISA file
 
+X86_HOST = platform.machine().lower() in ("x86_64", "amd64")
+CLANG = next((c for c in ("clang", "clang-14", "clang-15", "clang-16") if shutil.which(c)), None)
+SYSROOT = Path("/usr/aarch64-linux-gnu")
+REQUIRED = set(os.environ.get("CACTUS_CI_REQUIRE_KERNEL_TESTS", "").replace(",", " ").split())
+
+
+def libasan() -> str | None:
+    if not shutil.which("gcc"):
+        return None
+    path = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    return path if path and Path(path).exists() else None
+
+
+# what each kernel test needs, by the names .ci/run uses for them
+TOOLS = {
+    "gcc": lambda: shutil.which("gcc") is not None,
+    "libasan": lambda: libasan() is not None,
+    "qemu-x86_64": lambda: shutil.which("qemu-x86_64") is not None,
+    "qemu-aarch64": lambda: shutil.which("qemu-aarch64") is not None,
+    "aarch64-linux-gnu-gcc": lambda: shutil.which("aarch64-linux-gnu-gcc") is not None,
+    "aarch64-sysroot": lambda: (SYSROOT / "include" / "stdio.h").is_file(),
+    "clang": lambda: CLANG is not None,
+}
+
+
+def need(*tools: str) -> None:
+    """Skip unless this machine has `tools`; fail instead for one CI said it has installed."""
+    missing = [t for t in tools if not TOOLS[t]()]
+    if not missing:
+        return
+    how = "apt-get install gcc gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user clang, or run .ci/run as root"
+    demanded = [t for t in missing if t in REQUIRED or "all" in REQUIRED]
+    if demanded:
+        pytest.fail(f"CI requires this kernel test but {', '.join(demanded)} is missing "
+                    f"(CACTUS_CI_REQUIRE_KERNEL_TESTS={' '.join(sorted(REQUIRED))})")
+    pytest.skip(f"needs {', '.join(missing)} ({how})")
+
 
 def build(cc: str, out: Path, isa: dict[str, list[str]], flags: list[str], link: list[str],
           isa_cc: list[str] | None = None) -> None:
@@ -53,8 +92,8 @@ def check_output(proc: subprocess.CompletedProcess) -> None:
     assert " 0 failed" in proc.stdout.strip().splitlines()[-1]
 
 
-@pytest.mark.skipif(shutil.which("gcc") is None, reason="no gcc")
 def test_native_with_sanitizers(tmp_path):
+    need("gcc")
     isa = X86 if platform.machine().lower() in ("x86_64", "amd64") else {}
     flags = ["-O1", "-g", "-std=gnu11", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
     exe = tmp_path / "test_kernels"
@@ -63,16 +102,13 @@ def test_native_with_sanitizers(tmp_path):
     check_output(proc)
 
 
-X86_HOST = platform.machine().lower() in ("x86_64", "amd64")
-
-
-@pytest.mark.skipif(not X86_HOST or not shutil.which("gcc") or not shutil.which("qemu-x86_64"),
-                    reason="needs an x86-64 host, gcc and qemu-x86_64 (apt-get install qemu-user)")
+@pytest.mark.skipif(not X86_HOST, reason="needs an x86-64 host (the x86 ISA files are built by its gcc)")
 @pytest.mark.parametrize("cpu,levels", [("Nehalem", ["scalar", "ssse3"]), ("core2duo", ["scalar", "ssse3"]),
                                         ("qemu64", ["scalar"])])
 def test_x86_without_avx2_under_qemu(tmp_path, cpu, levels):
     """CPUs without AVX (Nehalem, Core 2) must run ssse3, and one without SSSE3 the scalar table:
     the C test, built as the package builds it, under qemu-x86_64 emulating each."""
+    need("gcc", "qemu-x86_64")
     exe = tmp_path / "test_kernels_x86"
     build("gcc", exe, X86, ["-O2", "-std=gnu11"], [])
     proc = subprocess.run(["qemu-x86_64", "-cpu", cpu, str(exe)], capture_output=True, text=True, timeout=300)
@@ -81,11 +117,6 @@ def test_x86_without_avx2_under_qemu(tmp_path, cpu, levels):
     assert proc.stdout.splitlines()[1] == f"best: {levels[-1]}"
 
 
-CROSS = shutil.which("aarch64-linux-gnu-gcc") and shutil.which("qemu-aarch64")
-
-
-@pytest.mark.skipif(not CROSS, reason="needs aarch64-linux-gnu-gcc and qemu-aarch64 "
-                                      "(apt-get install gcc-aarch64-linux-gnu qemu-user)")
 @pytest.mark.parametrize("cpu,levels", [("max", ["scalar", "neon80", "neon", "i8mm"]),
                                         ("cortex-a76", ["scalar", "neon80", "neon"]),
                                         ("cortex-a72", ["scalar", "neon80"]), ("cortex-a53", ["scalar", "neon80"])])
@@ -93,6 +124,7 @@ def test_neon_under_qemu(tmp_path, cpu, levels):
     """Every level the emulated CPU has, against the scalar table: `max` has dotprod and i8mm;
     cortex-a76 dotprod only (i8mm must not be picked); cortex-a72 (Raspberry Pi 4) and cortex-a53
     neither: NEON without sdot (neon80), whose emulated sdot must give sdot's sums."""
+    need("aarch64-linux-gnu-gcc", "aarch64-sysroot", "qemu-aarch64")
     exe = tmp_path / "test_kernels_arm"
     build("aarch64-linux-gnu-gcc", exe, ARM, ["-O2", "-std=gnu11", "-static"], [])
     proc = subprocess.run(["qemu-aarch64", "-cpu", cpu, str(exe)], capture_output=True, text=True, timeout=300)
@@ -101,15 +133,10 @@ def test_neon_under_qemu(tmp_path, cpu, levels):
     assert proc.stdout.splitlines()[1] == f"best: {levels[-1]}"  # what dispatch runs there
 
 
-CLANG = next((c for c in ("clang", "clang-14", "clang-15", "clang-16") if shutil.which(c)), None)
-SYSROOT = Path("/usr/aarch64-linux-gnu")
-
-
-@pytest.mark.skipif(not CROSS or CLANG is None or not SYSROOT.is_dir(),
-                    reason="needs clang, aarch64-linux-gnu-gcc (its sysroot) and qemu-aarch64")
 def test_neon_built_by_clang_under_qemu(tmp_path):
     """Apple's compiler is clang: the NEON and i8mm files built by clang for AArch64 (the rest by
     gcc) against the scalar table, every level of `-cpu max`."""
+    need("clang", "aarch64-linux-gnu-gcc", "aarch64-sysroot", "qemu-aarch64")
     exe = tmp_path / "test_kernels_arm_clang"
     clang = [CLANG, "--target=aarch64-linux-gnu", f"--sysroot={SYSROOT}", "-isystem", str(SYSROOT / "include")]
     build("aarch64-linux-gnu-gcc", exe, ARM, ["-O2", "-std=gnu11", "-static"], [], isa_cc=clang)
@@ -146,17 +173,14 @@ print("ok")
 """
 
 
-@pytest.mark.skipif(shutil.which("gcc") is None, reason="no gcc")
 def test_extension_under_address_sanitizer(tmp_path):
     """The whole extension (driver, pool, binding) built with ASan, driving small models end to end."""
-    libasan = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
-    if not libasan or not Path(libasan).exists():
-        pytest.skip("libasan not found")
+    need("gcc", "libasan")
     env = dict(os.environ, CFLAGS="-fsanitize=address -fno-omit-frame-pointer -g", LDFLAGS="-fsanitize=address")
     subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--build-lib", str(tmp_path / "lib"),
                     "--build-temp", str(tmp_path / "tmp")], cwd=ROOT, env=env, check=True, capture_output=True)
     so = next((tmp_path / "lib" / "cactus").glob("_kernels*.so"))
-    run_env = dict(os.environ, LD_PRELOAD=libasan, ASAN_OPTIONS="detect_leaks=0", CACTUS_THREADS="2")
+    run_env = dict(os.environ, LD_PRELOAD=libasan(), ASAN_OPTIONS="detect_leaks=0", CACTUS_THREADS="2")
     proc = subprocess.run([sys.executable, "-c", ASAN_SCRIPT, str(so)], env=run_env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-4000:]
@@ -200,3 +224,13 @@ def test_linux_build_leaves_archflags_alone(monkeypatch):
     monkeypatch.delenv("ARCHFLAGS", raising=False)
     assert SETUP["target_machine"]() == "aarch64" and "ARCHFLAGS" not in os.environ
     assert SETUP["isa_sources"]("aarch64") == ARM and SETUP["isa_sources"]("riscv64") == {}
+
+
+def test_a_kernel_test_ci_has_the_tools_for_fails_instead_of_skipping(monkeypatch):
+    monkeypatch.setitem(TOOLS, "qemu-aarch64", lambda: False)
+    monkeypatch.setattr(sys.modules[__name__], "REQUIRED", set())
+    with pytest.raises(pytest.skip.Exception, match="needs qemu-aarch64"):
+        need("qemu-aarch64")
+    monkeypatch.setattr(sys.modules[__name__], "REQUIRED", {"gcc", "qemu-aarch64"})
+    with pytest.raises(pytest.fail.Exception, match="CI requires this kernel test but qemu-aarch64 is missing"):
+        need("gcc", "qemu-aarch64")
