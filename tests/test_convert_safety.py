@@ -220,7 +220,7 @@ def test_weight_file_replaced_while_being_opened_is_refused(model, monkeypatch):
         os.replace(model / "new", f)
         real(m)
     monkeypatch.setattr(weights, "_huge_pages", replace)
-    with pytest.raises(WeightError, match="replaced by another file while it was being opened"):
+    with pytest.raises(WeightError, match="replaced while it was being opened"):
         load(model)
 
 
@@ -229,6 +229,31 @@ def test_weight_file_truncated_is_refused_naming_the_tensor(model, capsys):
     os.truncate(f, f.stat().st_size - 1000)
     rc, err = cli(capsys, "bench", model, "--runs", "1")
     assert rc == 2 and err.startswith(f"cactus bench: error: {f}: truncated: tensor '")
+
+
+def test_model_written_over_in_place_after_loading_is_an_error_not_sigbus(model):
+    """`cp` over a loaded model's weight file, between two calls: the next call says so (a subprocess,
+    as a regression here would be a SIGBUS)."""
+    code = ("import os, sys; from cactus.engine import load; m = load(sys.argv[1]); m.forward([1, 2]);"
+            "f = os.path.join(sys.argv[1], 'model.safetensors'); os.truncate(f, 4096)\n"
+            "try: m.forward([3])\nexcept ValueError as e: print(e)")
+    r = subprocess.run([sys.executable, "-c", code, str(model)], capture_output=True, text=True, timeout=120)
+    f = model / "model.safetensors"
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"{f}: written over in place since it was loaded (") and "-> 4096 bytes)" in r.stdout
+
+
+def test_same_size_write_over_a_loaded_model_is_an_error(model):
+    m = load(model)
+    m.forward([1, 2])
+    f = model / "model.safetensors"
+    with open(f, "r+b") as w:  # same size, other bytes, a later mtime: as `cp other-model model` does
+        w.seek(-64, os.SEEK_END)
+        w.write(b"\xff" * 64)
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with pytest.raises(WeightError, match="written over in place since it was loaded"):
+        m.forward([3])
 
 
 def test_truncating_a_mapped_file_in_place_is_sigbus(tmp_path):

@@ -133,7 +133,7 @@ def test_list_of_an_empty_home_says_so(tmp_path, monkeypatch, capsys):
 
 def test_rm_removes_one_model(home, capsys):
     rc, out, _ = cli(capsys, "rm", "tiny-int8")
-    assert rc == 0 and out.startswith(f"removed tiny-int8 (int8, 0.") and out.endswith(f"GB) from {home}\n")
+    assert rc == 0 and out.startswith("removed tiny-int8 (int8, 0.") and out.endswith(f"GB) from {home}\n")
     assert sorted(p.name for p in home.iterdir()) == ["tiny"]
     rc, _, err = cli(capsys, "rm", "tiny-int8")
     assert rc == 2 and err == f"cactus rm: error: tiny-int8: no such model in {home} (`cactus list` shows them)"

@@ -162,7 +162,8 @@ def test_sharded_bf16_checkpoint(tmp_path):
     _, model = make_hf_model(tmp_path / "src", "dense")
     model.to(torch.bfloat16).save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
     assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
-    ours = load(convert(tmp_path / "sharded", tmp_path / "a", quant="f32", chat=False)).forward(ids := [3, 1, 4, 1, 5, 9, 2, 6])
+    ids = [3, 1, 4, 1, 5, 9, 2, 6]
+    ours = load(convert(tmp_path / "sharded", tmp_path / "a", quant="f32", chat=False)).forward(ids)
     oracle = hf_logits(model.to(torch.float32), ids)  # the bf16-rounded weights, computed in f32
     assert np.abs(ours - oracle).max() < 1e-4 * np.abs(oracle).max()
 

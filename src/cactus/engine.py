@@ -59,6 +59,7 @@ class Model:
             raise ValueError(f"token ids must be in [0, {self.config.vocab_size})")
         if self.n_past + ids.size > self.max_context:
             raise ContextError(f"{self.n_past + ids.size} tokens exceed the context window of {self.max_context}")
+        self.weights.file.check_in_place()  # one fstat: an error, not a wrong answer or SIGBUS, after `cp` over it
         out = []
         for start in range(0, ids.size, PREFILL_CHUNK):
             chunk = ids[start:start + PREFILL_CHUNK]

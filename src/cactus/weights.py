@@ -17,6 +17,7 @@ import os
 import shutil
 import struct
 import tempfile
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,24 +64,23 @@ def _huge_pages(m: mmap.mmap) -> None:
 
 
 class SafetensorsFile:
-    """Zero-copy views of every tensor in one .safetensors file."""
+    """Zero-copy views of every tensor in one .safetensors file. The file stays open (closed with
+    this object) so that check_in_place() can tell whether the mapped file itself was written over."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            self._fd = fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
             raise WeightError(f"{self.path}: no such weight file") from None
-        try:
-            st = os.fstat(fd)
-            self.identity = _identity(st)  # the file this object maps, whatever happens to the path later
-            size = st.st_size
-            if size < 8:
-                raise WeightError(f"{self.path}: truncated ({size} bytes, no safetensors header)")
-            self._mmap = mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else None
-            _huge_pages(self._mmap)
-        finally:
-            os.close(fd)
+        weakref.finalize(self, os.close, fd)
+        st = os.fstat(fd)
+        self.identity = _identity(st)  # (dev, inode, size, mtime) of the file mapped
+        size = st.st_size
+        if size < 8:
+            raise WeightError(f"{self.path}: truncated ({size} bytes, no safetensors header)")
+        self._mmap = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+        _huge_pages(self._mmap)
         (hlen,) = struct.unpack("<Q", self._mmap[:8])
         if hlen > MAX_HEADER or 8 + hlen > size:
             raise WeightError(f"{self.path}: truncated or corrupt header (header length {hlen}, file {size} bytes)")
@@ -120,20 +120,25 @@ class SafetensorsFile:
                 continue  # alignment filler written by write_safetensors
             self.tensors[name] = np.frombuffer(buf[base + begin:base + end], np_dtype).reshape(shape)
             self.dtypes[name] = dtype
-        self.check_unchanged("while it was being opened")
-
-    def check_unchanged(self, when: str = "since it was opened") -> None:
-        """Raise if the file at self.path is no longer the one mapped, or was modified (size, mtime):
-        its mapped bytes may then not be the ones the header describes."""
+        # what was checked above must be what is mapped: the path still names this file, unmodified
         try:
             now = _identity(os.stat(self.path))
         except FileNotFoundError:
-            raise WeightError(f"{self.path}: removed {when}") from None
+            now = None
         if now != self.identity:
-            what = "replaced by another file" if now[:2] != self.identity[:2] else "modified"
-            raise WeightError(f"{self.path}: {what} {when} (is it being written or copied right now?): "
-                              f"open it again when that has finished; replace model files by renaming "
-                              f"(as cactus convert does), never by writing over them")
+            what = "removed" if now is None else "replaced" if now[:2] != self.identity[:2] else "modified"
+            raise WeightError(f"{self.path}: {what} while it was being opened (is it being written or copied "
+                              f"right now?): open it again when that has finished")
+
+    def check_in_place(self) -> None:
+        """Raise if the mapped file was written over in place (size or mtime changed) since it was
+        opened: its bytes are then not the ones checked, and reading a page cut off by truncation
+        would kill the process with SIGBUS. Replacing the file by a rename is harmless (new inode)."""
+        st = os.fstat(self._fd)
+        if (st.st_size, st.st_mtime_ns) != self.identity[2:]:
+            raise WeightError(f"{self.path}: written over in place since it was loaded ({self.identity[2]} -> "
+                              f"{st.st_size} bytes): load the model again; replace model files by renaming "
+                              f"(as cactus convert does), never by copying over them")
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
