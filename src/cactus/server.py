@@ -229,7 +229,13 @@ class Handler(BaseHTTPRequestHandler):
                 if job.stream:
                     self._send_stream(job.chunks(_chain(first, events), prompt_tokens))
                 else:
-                    self.send_json(200, job.body(_fold(_chain(first, events)), prompt_tokens))
+                    try:
+                        body = job.body(_fold(_chain(first, events)), prompt_tokens)
+                    except (RequestError, ClientGone):
+                        raise
+                    except Exception as e:  # noqa: BLE001 - as above
+                        raise RequestError(500, f"{type(e).__name__}: {e}", kind="server_error") from None
+                    self.send_json(200, body)
             finally:
                 events.close()
 
