@@ -108,7 +108,8 @@ class SafetensorsFile:
                 raise WeightError(f"{self.path}: tensor '{name}' has unsupported dtype {dtype!r:.40}")
             np_dtype = np.dtype(DTYPES[dtype])
             nbytes = math.prod(shape) * np_dtype.itemsize  # Python ints: a huge shape cannot wrap around
-            if nbytes >= 1 << 62 or len(shape) > 64:
+            # numpy refuses shapes whose nonzero dims multiply past its index range, even with no bytes
+            if math.prod(d for d in shape if d > 0) * np_dtype.itemsize >= 1 << 62 or len(shape) > 64:
                 raise WeightError(f"{self.path}: tensor '{name}' has a shape too large for any file")
             if end - begin != nbytes or begin < 0 or min(shape, default=1) < 0:
                 raise WeightError(f"{self.path}: tensor '{name}' has {end - begin} bytes, "
@@ -190,12 +191,7 @@ class WeightDir:
         if cfg_now != cfg_identity:  # the weights mapped may belong to another config
             raise WeightError(f"{self.path}: replaced while it was being opened (a conversion finishing?): "
                               f"open it again")
-        try:
-            raw = json.loads(self.file.metadata.get("cactus.tensors", "{}"))
-            self.info = {n: TensorInfo(i["fmt"], tuple(i["shape"]), int(i.get("group_size", 0)))
-                         for n, i in raw.items()}
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise WeightError(f"{self.file.path}: malformed 'cactus.tensors' metadata ({e})") from None
+        self.info = _tensor_infos(self.file)
 
     def _raw(self, name: str) -> np.ndarray:
         try:
@@ -233,6 +229,28 @@ class WeightDir:
     def float_tensor(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         """A small float weight (norms, conv kernels, router) as f32 (a copy only if not stored f32)."""
         return self.tensor(name, shape).dequantize()
+
+
+def _tensor_infos(file: SafetensorsFile) -> dict[str, TensorInfo]:
+    """The file's `cactus.tensors` metadata ({name: {fmt, shape, group_size}}), every field checked."""
+    def bad(why: str) -> WeightError:
+        return WeightError(f"{file.path}: malformed 'cactus.tensors' metadata ({why})")
+
+    try:
+        raw = json.loads(file.metadata.get("cactus.tensors", "{}"))
+    except (ValueError, RecursionError) as e:
+        raise bad(f"not valid JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise bad("not an object")
+    out = {}
+    for name, i in raw.items():
+        if not isinstance(i, dict) or not isinstance(i.get("fmt"), str) or not isinstance(i.get("shape"), list):
+            raise bad(f"'{name}' needs a fmt string and a shape list")
+        shape, group = i["shape"], i.get("group_size", 0)
+        if not shape or not all(type(d) is int and 0 < d < 1 << 40 for d in shape) or type(group) is not int:
+            raise bad(f"'{name}' has shape {shape!r:.60} and group_size {group!r:.20}: need positive integers")
+        out[name] = TensorInfo(i["fmt"], tuple(shape), group)
+    return out
 
 
 def stored_layout(fmt: str, shape: tuple[int, ...], group: int) -> list[tuple[tuple[int, ...], str]]:
