@@ -116,6 +116,13 @@ def test_non_finite_weight_is_refused_naming_the_tensor(hf, tmp_path, capsys, va
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]  # nothing published, nothing left over
 
 
+def test_config_that_is_not_json_is_named(hf, tmp_path, capsys):
+    src = copy(hf, tmp_path / "hf")
+    (src / "config.json").write_text("{\"model_type\": ")
+    rc, err = cli(capsys, "convert", src, tmp_path / "out", "--quiet")
+    assert rc == 2 and err.startswith(f"cactus convert: error: {src / 'config.json'}: not valid JSON (")
+
+
 def test_checkpoint_without_tokenizer_needs_no_chat(tmp_path, capsys):
     src, _ = make_hf_model(tmp_path / "hf", "dense")
     rc, err = cli(capsys, "convert", src, tmp_path / "out", "--quiet")

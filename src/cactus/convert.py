@@ -168,11 +168,15 @@ def convert(hf_dir: str | Path, out_dir: str | Path, quant: str = "int4", group_
         raise ValueError(f"unknown embedding quantization {embed_quant!r}")
     if quant in QUANTIZED and (group_size <= 0 or group_size % 32):
         raise ValueError(f"group size must be a positive multiple of 32, got {group_size}")
-    cfg_dict = json.loads((hf_dir / "config.json").read_text()) if (hf_dir / "config.json").exists() else None
-    if cfg_dict is None:
+    cfg_path = hf_dir / "config.json"
+    if not cfg_path.is_file():
         raise WeightError(f"{hf_dir}: no config.json (is this a HuggingFace checkpoint directory?)")
+    try:
+        cfg_dict = json.loads(cfg_path.read_bytes())
+    except ValueError as e:  # not UTF-8, not JSON
+        raise WeightError(f"{cfg_path}: not valid JSON ({e})") from None
     _check_output(hf_dir, out_dir, overwrite)
-    cfg = ModelConfig.from_dict(cfg_dict, str(hf_dir / "config.json"))
+    cfg = ModelConfig.from_dict(cfg_dict, str(cfg_path))
     if chat:
         _check_chat_files(hf_dir)
     src = _Source(hf_dir)
