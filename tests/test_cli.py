@@ -1,4 +1,4 @@
-"""`cactus run` with piped stdin and `cactus serve` driven by the official openai client."""
+"""`cactus run` with piped stdin, and the other subcommands run as users run them (`cactus serve`: test_server.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,6 @@ import pytest
 from chat_helpers import ScriptedModel, convert_chat_model
 
 from cactus.api import Model
-from cactus.server import Server
 from cactus.tokenizer import Tokenizer
 
 USER = [{"role": "user", "content": "Write a Python function to sort a list"}]
@@ -75,171 +73,7 @@ def test_run_missing_model_is_one_clear_line(tmp_path):
     assert "no such model directory" in r.stderr and "Traceback" not in r.stderr
 
 
-# ----------------------------------------------------------------------------- cactus serve
-
-@pytest.fixture
-def serve():
-    """Start a server on a free loopback port over a given api.Model -> an openai client."""
-    from openai import OpenAI
-
-    started = []
-
-    def start(model: Model, name: str = "tiny"):
-        server = Server(("127.0.0.1", 0), model, name)
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        started.append(server)
-        port = server.server_address[1]
-        return OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=120), port
-
-    yield start
-    for s in started:
-        s.shutdown()
-        s.server_close()
-
-
-def test_serve_chat_completion_matches_the_api(model_dir, serve):
-    client, _ = serve(Model(model_dir))
-    r = client.chat.completions.create(model="tiny", messages=USER, max_tokens=8, temperature=0)
-    with Model(model_dir) as m:
-        expected = m.complete(USER, max_tokens=8)
-    assert r.choices[0].message.content == expected.response
-    assert r.usage.completion_tokens == expected.decode_tokens
-    assert r.usage.prompt_tokens == expected.prefill_tokens
-    assert r.choices[0].finish_reason in ("stop", "length")
-
-
-def test_serve_streaming_pieces_join_to_the_answer(model_dir, serve):
-    client, _ = serve(Model(model_dir))
-    plain = client.chat.completions.create(model="tiny", messages=USER, max_tokens=10).choices[0].message.content
-    stream = client.chat.completions.create(model="tiny", messages=USER, max_tokens=10, stream=True)
-    pieces, finish = [], None
-    for chunk in stream:
-        if chunk.choices and chunk.choices[0].delta.content:
-            pieces.append(chunk.choices[0].delta.content)
-        if chunk.choices and chunk.choices[0].finish_reason:
-            finish = chunk.choices[0].finish_reason
-    assert "".join(pieces) == plain and finish in ("stop", "length")
-
-
-def test_serve_tool_calls_in_openai_shape(model_dir, serve):
-    text = "<|tool_call_start|>[get_weather(city='Paris, France')]<|tool_call_end|>"
-    script = Tokenizer(model_dir).encode(text)
-    client, _ = serve(Model(model_dir, engine=ScriptedModel(model_dir, script)))
-    r = client.chat.completions.create(model="tiny", messages=USER, tools=TOOLS)
-    call = r.choices[0].message.tool_calls[0]
-    assert r.choices[0].finish_reason == "tool_calls"
-    assert call.type == "function" and call.function.name == "get_weather"
-    assert json.loads(call.function.arguments) == {"city": "Paris, France"}
-    stream = client.chat.completions.create(model="tiny", messages=USER, tools=TOOLS, stream=True)
-    calls = [tc for ch in stream if ch.choices and ch.choices[0].delta.tool_calls
-             for tc in ch.choices[0].delta.tool_calls]
-    assert [json.loads(c.function.arguments) for c in calls] == [{"city": "Paris, France"}]
-
-
-def test_serve_second_turn_reuses_the_cache(model_dir, serve):
-    client, _ = serve(Model(model_dir))
-    first = client.chat.completions.create(model="tiny", messages=USER, max_tokens=6)
-    turn2 = USER + [{"role": "assistant", "content": first.choices[0].message.content},
-                    {"role": "user", "content": "Thanks"}]
-    second = client.chat.completions.create(model="tiny", messages=turn2, max_tokens=6)
-    cached = second.usage.prompt_tokens_details.cached_tokens
-    assert cached >= first.usage.prompt_tokens
-
-
-def test_serve_concurrent_requests_are_queued_not_mixed(model_dir, serve):
-    client, _ = serve(Model(model_dir))
-    prompts = [[{"role": "user", "content": f"question number {i}"}] for i in range(3)]
-    with Model(model_dir) as m:
-        expected = [m.complete(p, max_tokens=8).response for p in prompts]
-    results = [None] * 3
-
-    def ask(i):
-        results[i] = client.chat.completions.create(model="tiny", messages=prompts[i],
-                                                    max_tokens=8).choices[0].message.content
-
-    threads = [threading.Thread(target=ask, args=(i,)) for i in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert results == expected
-
-
-@pytest.mark.parametrize("body,status,fragment", [
-    (b"{not json", 400, "not valid JSON"),
-    (json.dumps({"messages": []}).encode(), 400, "'messages' must be a non-empty array"),
-    (json.dumps({"messages": USER, "temperature": -1}).encode(), 400, "temperature"),
-    (json.dumps({"messages": USER, "frobnicate": 1}).encode(), 400, "unknown field"),
-    (json.dumps({"messages": [{"role": "wizard", "content": "x"}]}).encode(), 400, "role"),
-])
-def test_serve_bad_requests_get_openai_errors(model_dir, serve, body, status, fragment):
-    import http.client
-
-    _, port = serve(Model(model_dir))
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    conn.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
-    resp = conn.getresponse()
-    err = json.loads(resp.read())["error"]
-    assert resp.status == status and fragment in err["message"] and err["type"] == "invalid_request_error"
-
-
-def test_serve_body_size_limit_and_routes(model_dir, serve):
-    import http.client
-
-    from cactus import server
-
-    client, port = serve(Model(model_dir))
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    conn.putrequest("POST", "/v1/chat/completions")
-    conn.putheader("Content-Length", str(server.MAX_BODY + 1))
-    conn.endheaders()
-    resp = conn.getresponse()
-    assert resp.status == 413 and "limit" in json.loads(resp.read())["error"]["message"]
-    assert [m.id for m in client.models.list().data] == ["tiny"]
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    conn.request("GET", "/health")
-    assert json.loads(conn.getresponse().read())["status"] == "ok"
-
-
-def test_serve_client_disconnect_stops_generation(model_dir, serve):
-    """A client that leaves mid-stream stops the generation and frees the model for the next one."""
-    import socket
-    import time
-
-    class Slow(ScriptedModel):  # never ends by itself; 2 ms a token
-        def forward(self, ids, last_only=False):
-            time.sleep(0.002)
-            return super().forward(ids, last_only)
-
-    engine = Slow(model_dir, Tokenizer(model_dir).encode("word " * 2000))
-    client, port = serve(Model(model_dir, engine=engine))
-    body = json.dumps({"messages": USER, "max_tokens": 1500, "stream": True}).encode()
-    s = socket.create_connection(("127.0.0.1", port))
-    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-              b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-    s.recv(200)  # the stream has started
-    s.close()
-    r = client.chat.completions.create(model="tiny", messages=USER, max_tokens=4)  # waits for the lock
-    assert r.usage.completion_tokens == 4
-    abandoned = [len(f) for f in engine.fed]
-    assert abandoned.count(1) < 1000  # single-token decode steps of the abandoned answer: it stopped early
-
-
-def test_serve_subprocess_starts_and_answers(model_dir):
-    """`cactus serve` as users start it (port picked by the OS, announced on stderr)."""
-    from openai import OpenAI
-
-    proc = subprocess.Popen([sys.executable, "-m", "cactus.cli", "serve", str(model_dir), "--port", "0"],
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stderr.readline()
-        port = int(re.search(r"http://127\.0\.0\.1:(\d+)/v1", line).group(1))
-        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=120)
-        r = client.chat.completions.create(model="x", messages=USER, max_tokens=4)
-        assert r.object == "chat.completion" and r.usage.total_tokens > 0
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+# cactus serve: tests/test_server.py
 
 
 def test_run_ctrl_c_stops_the_answer_not_the_program(model_dir):

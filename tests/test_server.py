@@ -148,6 +148,7 @@ REFUSED = [
     ({"messages": [{"role": "wizard", "content": "x"}]}, "role"),
     ({"tool_choice": "required"}, "tool_choice"),
     ({"response_format": {"type": "xml"}}, "response_format"),
+    ({"store": True}, "store"),
 ]
 
 

@@ -113,7 +113,7 @@ def constrained_eval(n_tool: int, max_new_tokens: int) -> dict:
     requests = demo_data.heldout_tool_requests(demo_data.N_HELDOUT_TOOL, demo_data.HELDOUT_TOOL_SEED)[:n_tool]
     out = {}
     with Model(demo_path()) as chat:
-        ll = grammar._ll_tokenizer(chat.tokenizer, chat.engine.config.vocab_size, sorted(chat.stop_ids))
+        ll = grammar.ll_tokenizer(chat.tokenizer, chat.engine.config.vocab_size, sorted(chat.stop_ids))
         for mode, choice in (("unconstrained", "auto"), ("constrained", "auto"), ("constrained", "required")):
             counts = dict.fromkeys(("parsable", "declared", "schema_valid", "right_tool", "exact"), 0)
             with mock.patch.object(grammar, "available", return_value=mode == "constrained"):

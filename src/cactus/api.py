@@ -20,6 +20,7 @@ from typing import Any
 from . import memory
 from . import grammar
 from .chat import ChatTemplate, validate_tools
+from .tools import format_tool_calls
 from .generate import Finish, Session, Token, eos_ids, generate
 from .sampling import OptionError, SamplingOptions, check_option
 from .tokenizer import Tokenizer, read_json_object
@@ -128,7 +129,19 @@ class Model:
                 pieces.append(event.text)
                 ids.append(event.id)
                 yield event
-            yield _completion("".join(pieces), ids, finish, time.perf_counter() - start, setup_s)
+            calls, rejected = self._checked_calls(tools, finish.function_calls, constraint)
+            text = "".join(pieces) + (format_tool_calls(rejected) if rejected else "")  # kept, as text
+            yield _completion(text, ids, finish, time.perf_counter() - start, setup_s, calls)
+
+    def _checked_calls(self, tools: Any, calls: list[dict], plan: grammar.Plan | None):
+        """Calls to undeclared tools, or with arguments outside the tool's schema, are not calls."""
+        tools = validate_tools(tools)
+        if not tools or not calls:
+            return calls, []
+        ll = plan.ll_tokenizer if plan is not None else None
+        if ll is None and grammar.available():
+            ll = grammar.ll_tokenizer(self.tokenizer, self.engine.config.vocab_size, sorted(self.stop_ids))
+        return grammar.check_calls(tools, calls, ll)
 
     def grammar(self, tools: Any, opts: SamplingOptions) -> grammar.Plan | None:
         """The compiled constraints of a request's tools, tool_choice and response_format (None:
@@ -208,12 +221,13 @@ class Model:
         self.close()
 
 
-def _completion(text: str, ids: list[int], finish: Finish, total_s: float, setup_s: float) -> Completion:
+def _completion(text: str, ids: list[int], finish: Finish, total_s: float, setup_s: float,
+                calls: list[dict]) -> Completion:
     # time to first token is counted from the call's start: template, tokenizer and prefill included
     ttft_s = setup_s + finish.first_token_s
     decode_steps = finish.decode_tokens - 1  # the first token comes out of the prefill
     return Completion(
-        response=text, function_calls=finish.function_calls, cloud_handoff=finish.cloud_handoff,
+        response=text, function_calls=calls, cloud_handoff=finish.cloud_handoff,
         confidence=round(finish.confidence, 6),
         time_to_first_token_ms=ttft_s * 1e3, total_time_ms=total_s * 1e3,
         prefill_tps=finish.prefill_tokens / finish.prefill_s if finish.prefill_s > 0 else 0.0,

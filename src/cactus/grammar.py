@@ -84,7 +84,7 @@ def check_response_format(name: str, value: Any) -> dict | None:
 
 # ----------------------------------------------------------------------------- the tokenizer side
 
-def _ll_tokenizer(tokenizer, vocab_size: int, eos: list[int]):
+def ll_tokenizer(tokenizer, vocab_size: int, eos: list[int]):
     """llguidance's view of our tokenizer (built once per Tokenizer and vocabulary size)."""
     import llguidance
 
@@ -346,7 +346,7 @@ def plan(tokenizer, vocab_size: int, eos: list[int], tools: list[dict] | None, t
             raise GrammarError(f"response_format: the schema is not usable ({e})") from None
     if call_grammar is None and json_grammar is None and tool_choice == "auto":
         return None
-    ll = _ll_tokenizer(tokenizer, vocab_size, eos)
+    ll = ll_tokenizer(tokenizer, vocab_size, eos)
     for g, field in ((call_grammar, "tools"), (json_grammar, "response_format")):
         if g is not None:
             failed, messages = llguidance.LLMatcher.validate_grammar_with_warnings(g, ll)
@@ -384,6 +384,21 @@ def arguments_error(ll_tokenizer, tool: dict, arguments: dict) -> str | None:
     if m.try_consume_tokens(ids) != len(ids) or not m.is_accepting():
         return f"{text} does not follow the schema"
     return None
+
+
+def check_calls(tools: list[dict] | None, calls: list[dict], ll_tokenizer=None) -> tuple[list[dict], list[dict]]:
+    """Split parsed calls into (valid, rejected): a valid call names a declared tool and, with
+    llguidance, its arguments follow that tool's full schema. Under the grammar every call is
+    valid by construction except for the keywords it leaves to this check (docs/STRUCTURED.md)."""
+    if not tools:
+        return calls, []
+    by_name = {t.get("function", t).get("name"): t for t in tools}
+    valid, rejected = [], []
+    for call in calls:
+        tool = by_name.get(call["name"])
+        bad = tool is None or (ll_tokenizer is not None and arguments_error(ll_tokenizer, tool, call["arguments"]))
+        (rejected if bad else valid).append(call)
+    return valid, rejected
 
 
 # ----------------------------------------------------------------------------- per answer

@@ -221,6 +221,9 @@ class ChatJob(Job):
         body = json_object(body)
         check_fields(body, {"messages", "tools", "n", "stream", "stream_options", "logprobs", "top_logprobs",
                             "store", *CHAT_OPTIONS}, NOT_IMPLEMENTED)
+        if body.get("store"):
+            raise RequestError(400, "'store': this server keeps no completions; send store: false or leave it out",
+                               "store")
         options, fields = options_from(body, CHAT_OPTIONS)
         stream = body.get("stream", False)
         stream_options = body.get("stream_options") or {}
