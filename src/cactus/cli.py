@@ -101,6 +101,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .repl import repl
 
     tools = read_tools(args.tools) if args.tools else None  # checked before the model loads
+    options = sampling_kwargs(args)
+    if args.tool_choice is not None:
+        options["tool_choice"] = read_tool_choice(args.tool_choice, tools, args.tools)
     if args.system is not None:
         from .chat import validate_messages
 
@@ -112,8 +115,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # piped input is read as bytes, so a line that is not UTF-8 is reported and skipped, not fatal
     stdin = sys.stdin if sys.stdin.isatty() else getattr(sys.stdin, "buffer", sys.stdin)
     with Model(path, max_context=args.context) as model:
-        return repl(model, stdin, sys.stdout, sys.stderr, tools=tools, system=args.system,
-                    options=sampling_kwargs(args))
+        return repl(model, stdin, sys.stdout, sys.stderr, tools=tools, system=args.system, options=options)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -227,6 +229,22 @@ def read_tools(file: str) -> list:
         raise ValueError(f"--tools {file}: {e}") from None
 
 
+def read_tool_choice(value: str, tools: list | None, file: str | None) -> str | dict:
+    """--tool-choice auto|none|required|NAME -> the tool_choice option (NAME: one of the --tools),
+    checked before the model loads."""
+    from . import grammar
+
+    names = [t.get("function", t)["name"] for t in tools or ()]
+    if value not in grammar.TOOL_CHOICES and value not in names:
+        tool = f"a tool in {file} ({', '.join(names)})" if names else "a tool name (with --tools)"
+        raise ValueError(f"--tool-choice: must be auto, none, required or {tool}, got {value!r}")
+    if value != "auto" and not grammar.available():
+        raise ValueError(f"--tool-choice {value}: needs the llguidance package (pip install llguidance)")
+    if value == "required" and not tools:
+        raise ValueError("--tool-choice required: a tool call is required but no --tools were given")
+    return value if value in grammar.TOOL_CHOICES else {"name": value}
+
+
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=option_type("temperature", float), default=None,
                    help="0 = greedy (default: the model's)")
@@ -309,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(r)
     r.add_argument("--system", default=None, help="system prompt")
     r.add_argument("--tools", default=None, metavar="FILE.json", help="OpenAI-style tool schemas (a JSON array)")
+    r.add_argument("--tool-choice", dest="tool_choice", default=None, metavar="auto|none|required|NAME",
+                   help="with --tools: auto (default: the model decides), none (no call), required (each answer "
+                        "starts with a call) or NAME (a call to that tool)")
     add_sampling_arguments(r)
     r.set_defaults(func=cmd_run)
 
