@@ -103,14 +103,7 @@ class ModelConfig:
         if f.integer("head_dim", hidden // heads) != hidden // heads:
             raise ConfigError(f"{source}: head_dim {d['head_dim']} != hidden_size/num_attention_heads")
 
-        rope_key = "rope_parameters" if d.get("rope_parameters") else "rope_scaling"
-        rope = d.get(rope_key) or {}
-        if not isinstance(rope, dict):
-            raise ConfigError(f"{source}: {rope_key} must be an object, got {_show(rope)}")
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type != "default":
-            raise ConfigError(f"{source}: rope_type {_show(rope_type)} is not supported (only 'default')")
-        rope_theta = _Fields(rope, source, f"{rope_key}.").number("rope_theta", f.number("rope_theta", 1000000.0))
+        rope_theta = _rope_theta(d, f, layer_types)
 
         eos = d.get("eos_token_id", 2)
         eos = tuple(f.integers("eos_token_id", lo=0)) if isinstance(eos, list) else \
@@ -170,6 +163,24 @@ class ModelConfig:
         if not isinstance(d, dict):
             raise ConfigError(f"{path}: expected a JSON object")
         return cls.from_dict(d, str(path))
+
+
+def _rope_theta(d: dict, f: _Fields, layer_types: tuple[str, ...]) -> float:
+    """The rope base, where transformers >= 5 reads it (PreTrainedConfig.convert_rope_params_to_dict):
+    `rope_scaling` (the old name) if set, else `rope_parameters` (LFM2.5-8B-A1B: {"rope_type":
+    "default", "rope_theta": 5e6}); a theta missing there falls back to top-level `rope_theta`."""
+    rope_key = "rope_scaling" if d.get("rope_scaling") else "rope_parameters"
+    rope = d.get(rope_key) or {}
+    if not isinstance(rope, dict):
+        raise ConfigError(f"{f.source}: {rope_key} must be an object, got {_show(rope)}")
+    nested = sorted(k for k in rope if k in layer_types)
+    if nested:  # Lfm2RotaryEmbedding reads one flat dict: transformers cannot run this either
+        raise ConfigError(f"{f.source}: {rope_key} given per layer type ({', '.join(nested)}) is not "
+                          f"supported: LFM2 has one rope for its attention layers")
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type != "default":
+        raise ConfigError(f"{f.source}: {rope_key}.rope_type {_show(rope_type)} is not supported (only 'default')")
+    return _Fields(rope, f.source, f"{rope_key}.").number("rope_theta", f.number("rope_theta", 1000000.0))
 
 
 def _lfm2_ff_dim(f: _Fields) -> int:
