@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 from chat_helpers import ScriptedModel, convert_chat_model, write_tokenizer
 
-from cactus.generate import ContextFullError, Finish, Session, TextGate, Token, collect, generate
+from cactus.generate import ContextFullError, Finish, Session, Token, collect, generate
 from cactus.sampling import SamplingOptions
 from cactus.tokenizer import Tokenizer
+from cactus.tools import OutputParser
 
 S, E = "<|tool_call_start|>", "<|tool_call_end|>"
 
@@ -36,9 +37,9 @@ GATE_CASES = [
 
 @pytest.mark.parametrize("chunks, stop, released, calls", [c[1:] for c in GATE_CASES],
                          ids=[c[0] for c in GATE_CASES])
-def test_text_gate(chunks, stop, released, calls):
-    gate = TextGate(stop)
-    assert [gate.feed(c) for c in chunks] + [gate.close()] == released and gate.calls == calls
+def test_streamed_output_releases_what_is_decided(chunks, stop, released, calls):
+    parser = OutputParser(stop=stop)
+    assert [parser.feed(c)[0] for c in chunks] + [parser.close()[0]] == released and parser.calls == calls
 
 
 # ----------------------------------------------------------------------------- generate on a scripted model

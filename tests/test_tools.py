@@ -60,7 +60,7 @@ PARSE_CASES = [
     ("not a call", f"{S}[1, 2]{E}", f"{S}[1, 2]{E}", []),
     ("lambda", f"{S}[f(a=lambda: 0)]{E}", f"{S}[f(a=lambda: 0)]{E}", []),
     ("subscript call", f"{S}[x[0](a=1)]{E}", f"{S}[x[0](a=1)]{E}", []),
-    ("set argument", f"{S}[f(a={{1, 2}})]{E}", f"{S}[f(a={{1, 2}})]{E}", []),
+    ("set argument: a list in written order", f"{S}[f(a={{2, 1}})]{E}", "", [call("f", a=[2, 1])]),
     ("bytes argument", f"{S}[f(a=b'x')]{E}", f"{S}[f(a=b'x')]{E}", []),
     ("unterminated and cut", f"{S}[f(a=1", f"{S}[f(a=1", []),
     ("json object with extra key", f'{S}{{"name": "f", "arguments": {{}}, "x": 1}}{E}',
@@ -69,7 +69,7 @@ PARSE_CASES = [
      f'{S}[{{"name": "f", "arguments": {{"a": NaN}}}}]{E}', []),
     ("deep nesting", f"{S}[f(a={'[' * 5000}{']' * 5000})]{E}", f"{S}[f(a={'[' * 5000}{']' * 5000})]{E}", []),
     ("bad block then good block", f"{S}[f(1)]{E}{S}[g(a=1)]{E}", f"{S}[f(1)]{E}", [call("g", a=1)]),
-    ("end marker only", f"text {E}", f"text {E}", []),
+    ("stray end marker dropped", f"text {E}", "text ", []),
 ]
 
 

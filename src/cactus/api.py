@@ -17,17 +17,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import memory
-from . import grammar
+from . import grammar, memory
 from .chat import ChatTemplate, validate_tools
-from .tools import format_tool_calls
 from .generate import Finish, Session, Token, eos_ids, generate
 from .sampling import OptionError, SamplingOptions, check_option
 from .tokenizer import Tokenizer, read_json_object
+from .tools import format_tool_calls
 
 RESPONSE_FIELDS = ("success", "error", "response", "function_calls", "cloud_handoff", "confidence",
                    "time_to_first_token_ms", "total_time_ms", "prefill_tps", "decode_tps", "prefill_tokens",
-                   "decode_tokens", "total_tokens", "ram_usage_mb", "finish_reason")
+                   "decode_tokens", "total_tokens", "ram_usage_mb", "finish_reason", "thinking")
 # generation_config.json fields that become default options (the caller's options win)
 _GENERATION_DEFAULTS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")
 
@@ -47,6 +46,7 @@ class Completion:
     total_tokens: int
     ram_usage_mb: float
     finish_reason: str = ""                          # eos | stop | length | handoff | cancelled
+    thinking: str = ""                               # the reasoning (think block), never in `response`
     token_ids: list[int] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict:
@@ -59,7 +59,7 @@ def error_response(message: str) -> dict:
     return {"success": False, "error": message, "response": "", "function_calls": [], "cloud_handoff": False,
             "confidence": 0.0, "time_to_first_token_ms": 0.0, "total_time_ms": 0.0, "prefill_tps": 0.0,
             "decode_tps": 0.0, "prefill_tokens": 0, "decode_tokens": 0, "total_tokens": 0,
-            "ram_usage_mb": ram_usage_mb(), "finish_reason": "error"}
+            "ram_usage_mb": ram_usage_mb(), "finish_reason": "error", "thinking": ""}
 
 
 class Model:
@@ -96,33 +96,38 @@ class Model:
         self._cancel = threading.Event()    # set by stop(): the running generation ends
         self._plans: dict[str, grammar.Plan | None] = {}  # compiled constraints by request
 
-    def prompt_ids(self, messages: Any, tools: Any = None) -> list[int]:
-        """Messages (+ tools) rendered through the model's template and tokenized."""
-        return self.tokenizer.encode(self.template.render(messages, tools=tools, add_generation_prompt=True))
+    def prompt_ids(self, messages: Any, tools: Any = None, enable_thinking: bool | None = None) -> list[int]:
+        """Messages (+ tools) rendered through the model's template and tokenized; `enable_thinking`
+        is handed to templates that read it (None: left out, the template's default)."""
+        extra = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
+        return self.tokenizer.encode(self.template.render(messages, tools=tools, add_generation_prompt=True,
+                                                          **extra))
 
     def stream(self, messages: Any, tools: Any = None, options: Any = None,
                **kwargs) -> Iterator[Token | Completion]:
-        """Yield a `Token` per sampled id (its `.text`: the response piece it releases), then the
-        `Completion`. Options: keyword arguments and/or `options` (dict or JSON string)."""
-        return self._stream(lambda: self.prompt_ids(messages, tools), tools, options, kwargs)
+        """Yield a `Token` per sampled id (its `.text`: the response piece it releases; `.reasoning`:
+        the reasoning piece), then the `Completion`. Options: keyword arguments and/or `options`
+        (dict or JSON string)."""
+        return self._stream(lambda o: self.prompt_ids(messages, tools, o.enable_thinking), tools, options, kwargs)
 
     def stream_prompt(self, prompt: str, options: Any = None, **kwargs) -> Iterator[Token | Completion]:
         """`stream` over raw prompt text, no chat template (special-token text becomes its id)."""
         if not isinstance(prompt, str) or not prompt:
             raise ValueError("prompt must be a non-empty string")
-        return self._stream(lambda: self.tokenizer.encode(prompt), None, options, kwargs)
+        return self._stream(lambda o: self.tokenizer.encode(prompt), None, options, kwargs)
 
-    def _stream(self, prompt_ids: Callable[[], list[int]], tools: Any, options: Any,
+    def _stream(self, prompt_ids: Callable[[SamplingOptions], list[int]], tools: Any, options: Any,
                 kwargs: dict) -> Iterator[Token | Completion]:
         with self._exclusive():
             start = time.perf_counter()
             opts = SamplingOptions.parse(options, defaults=self.defaults, **kwargs)
-            prompt = prompt_ids()
+            prompt = prompt_ids(opts)
+            tools = validate_tools(tools)
             constraint = self.grammar(tools, opts)
             pieces, ids, finish = [], [], None
             setup_s = time.perf_counter() - start  # options, template, tokenizer, grammar
             for event in generate(self.session, self.tokenizer, prompt, opts, stop_ids=self.stop_ids,
-                                  cancel=self._cancel, grammar=constraint):
+                                  cancel=self._cancel, grammar=constraint, tools=tools):
                 if isinstance(event, Finish):
                     finish = event
                     break
@@ -133,9 +138,8 @@ class Model:
             text = "".join(pieces) + (format_tool_calls(rejected) if rejected else "")  # kept, as text
             yield _completion(text, ids, finish, time.perf_counter() - start, setup_s, calls)
 
-    def _checked_calls(self, tools: Any, calls: list[dict], plan: grammar.Plan | None):
+    def _checked_calls(self, tools: list[dict] | None, calls: list[dict], plan: grammar.Plan | None):
         """Calls to undeclared tools, or with arguments outside the tool's schema, are not calls."""
-        tools = validate_tools(tools)
         if not tools or not calls:
             return calls, []
         ll = plan.ll_tokenizer if plan is not None else None
@@ -143,10 +147,9 @@ class Model:
             ll = grammar.ll_tokenizer(self.tokenizer, self.engine.config.vocab_size, sorted(self.stop_ids))
         return grammar.check_calls(tools, calls, ll)
 
-    def grammar(self, tools: Any, opts: SamplingOptions) -> grammar.Plan | None:
-        """The compiled constraints of a request's tools, tool_choice and response_format (None:
-        nothing to constrain); the last few are kept, as agents repeat the same tools."""
-        tools = validate_tools(tools)
+    def grammar(self, tools: list[dict] | None, opts: SamplingOptions) -> grammar.Plan | None:
+        """The compiled constraints of a request's (validated) tools, tool_choice and response_format
+        (None: nothing to constrain); the last few are kept, as agents repeat the same tools."""
         key = json.dumps([tools, opts.tool_choice, opts.parallel_tool_calls, opts.response_format],
                          sort_keys=True)
         if key not in self._plans:
@@ -163,11 +166,26 @@ class Model:
     def complete(self, messages: Any, tools: Any = None, callback: Callable | None = None,
                  user_data: Any = None, options: Any = None, **kwargs) -> Completion:
         """The whole answer. `callback(token: bytes, token_id: int, user_data)` gets each piece of
-        response text as it is released (whole UTF-8 characters; together, the response)."""
+        response text as it is released (whole UTF-8 characters; together, the response). With the
+        option `stream_thinking`, it also gets the reasoning, between `<think>` and `</think>`."""
+        show_thinking = SamplingOptions.parse(options, **kwargs).stream_thinking
+        thinking = False  # inside the reasoning, as the callback was told
         for event in self.stream(messages, tools, options, **kwargs):
             if isinstance(event, Completion):
+                if thinking and callback is not None:
+                    callback(b"</think>", -1, user_data)
                 return event
-            if callback is not None and event.text:
+            if callback is None:
+                continue
+            if show_thinking and event.reasoning:
+                if not thinking:
+                    callback(b"<think>", -1, user_data)
+                    thinking = True
+                callback(event.reasoning.encode("utf-8"), event.id, user_data)
+            if event.text:
+                if thinking:
+                    callback(b"</think>", -1, user_data)
+                    thinking = False
                 callback(event.text.encode("utf-8"), event.id, user_data)
         raise AssertionError("generate() ended without a Finish event")
 
@@ -234,7 +252,7 @@ def _completion(text: str, ids: list[int], finish: Finish, total_s: float, setup
         decode_tps=decode_steps / finish.decode_s if decode_steps > 0 and finish.decode_s > 0 else 0.0,
         prefill_tokens=finish.prefill_tokens, decode_tokens=finish.decode_tokens,
         total_tokens=finish.prefill_tokens + finish.decode_tokens, ram_usage_mb=ram_usage_mb(),
-        finish_reason=finish.reason, token_ids=ids)
+        finish_reason=finish.reason, thinking=finish.reasoning, token_ids=ids)
 
 
 # ----------------------------------------------------------------------------- C-style API

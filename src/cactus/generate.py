@@ -2,12 +2,13 @@
 `Finish`. The API, the CLI and the server all consume it; a non-streaming answer is a fold over it.
 
 Also here: `Session` (which prompt tokens the model's caches already hold, so a conversation that
-grows is prefilled only by its new part) and `TextGate` (stop strings and tool calls lifted out of
-the streamed text, holding back what may still become one of them).
+grows is prefilled only by its new part). The streamed text is split into answer, reasoning and
+tool calls by `tools.OutputParser`, the one output parser.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -19,7 +20,7 @@ import numpy as np
 from .grammar import Plan
 from .sampling import ConfidenceMeter, Sampler, SamplingOptions
 from .tokenizer import Tokenizer
-from .tools import TOOL_CALL_END, TOOL_CALL_START, extract_tool_calls
+from .tools import THINK_END, THINK_START, OutputParser
 
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|endoftext|>")
 
@@ -36,13 +37,15 @@ class Token:
     probability: float   # the model's own T=1 probability of this token: its confidence
     logprob: float | None = None  # with the logprobs option: log of `probability` (unconstrained)
     top_logprobs: tuple[tuple[int, float], ...] = ()  # ... and the likeliest ids, best first
+    reasoning: str = ""  # reasoning text this token releases (the think block's; never in `text`)
 
 
 @dataclass(frozen=True)
 class Finish:
     reason: str                   # "eos" | "stop" | "length" | "handoff" | "cancelled"
     function_calls: list[dict]
-    confidence: float             # mean token probability over the confidence window
+    reasoning: str                # the think block's text ("" when the model did not reason)
+    confidence: float             # mean token probability over the confidence window (answer tokens)
     cloud_handoff: bool
     prefill_tokens: int           # prompt tokens actually run (the part the caches lacked)
     decode_tokens: int            # tokens sampled, the final eos included
@@ -180,64 +183,6 @@ def _nbytes(snapshot) -> int:
     return getattr(snapshot, "nbytes", 0)  # test engines' snapshots own no arrays
 
 
-class TextGate:
-    """Decoded text in, response text out.
-
-    Text up to a stop string is released and the rest dropped; a well-formed tool-call block is
-    removed and its calls collected (a malformed one is released as text); any tail that could
-    still grow into a stop string or a tool-call start marker is held until it is decided.
-    """
-
-    def __init__(self, stop: Iterable[str] = ()):
-        self.stop = tuple(stop)
-        self.pending = ""
-        self.in_call = False
-        self.stopped = False
-        self.calls: list[dict] = []
-
-    def feed(self, text: str) -> str:
-        if self.stopped:
-            return ""
-        self.pending += text
-        out = []
-        while True:
-            if self.in_call:
-                end = self.pending.find(TOOL_CALL_END)
-                if end < 0:
-                    break
-                end += len(TOOL_CALL_END)
-                rest, calls = extract_tool_calls(self.pending[:end])  # rest: "" or the malformed block
-                out.append(rest)
-                self.calls += calls
-                self.pending, self.in_call = self.pending[end:], False
-                continue
-            stop_at = min((i for i in (self.pending.find(s) for s in self.stop) if i >= 0), default=-1)
-            call_at = self.pending.find(TOOL_CALL_START)
-            if stop_at >= 0 and (call_at < 0 or stop_at < call_at):
-                out.append(self.pending[:stop_at])
-                self.pending, self.stopped = "", True
-                break
-            if call_at >= 0:
-                out.append(self.pending[:call_at])
-                self.pending, self.in_call = self.pending[call_at:], True
-                continue
-            keep = _held_tail(self.pending, self.stop + (TOOL_CALL_START,))
-            out.append(self.pending[:len(self.pending) - keep])
-            self.pending = self.pending[len(self.pending) - keep:]
-            break
-        return "".join(out)
-
-    def close(self, text: str = "") -> str:
-        """The stream ended: release what is held (an unterminated tool call counts if it parses)."""
-        out = self.feed(text)
-        if self.stopped:
-            return out
-        rest, calls = extract_tool_calls(self.pending) if self.in_call else (self.pending, [])
-        self.calls += calls
-        self.pending, self.in_call = "", False
-        return out + rest
-
-
 def eos_ids(model, tokenizer: Tokenizer, extra: Iterable[int] = ()) -> frozenset[int]:
     """Ids that end the answer: the config's eos ids, the tokenizer's eos, and the end-of-turn tokens."""
     ids = set(getattr(model.config, "eos_token_id", None) or ())
@@ -252,11 +197,17 @@ def eos_ids(model, tokenizer: Tokenizer, extra: Iterable[int] = ()) -> frozenset
 
 def generate(session: Session, tokenizer: Tokenizer, prompt_ids: Iterable[int], options: SamplingOptions,
              stop_ids: Iterable[int] | None = None, cancel: threading.Event | None = None,
-             grammar: Plan | None = None) -> Iterator[Token | Finish]:
+             grammar: Plan | None = None, tools: list | None = None) -> Iterator[Token | Finish]:
     """Prefill `prompt_ids` (only what `session` lacks), then sample until eos, a stop string,
     `max_tokens`, a full context, a settled-low confidence with `confidence_threshold` set, or
     `cancel` being set (checked after each token). With `grammar`, each id is sampled among those
-    its constraint allows; confidence still reads the model's own distribution.
+    its constraint allows; confidence still reads the model's own distribution. `tools` (the
+    declared schemas) let the output parser take a bare `[name(...)]` answer for a call.
+
+    A think block (`<think>...</think>` at the start of the answer, or opened by the prompt) is
+    reasoning: it comes out in `Token.reasoning`, not in `Token.text`; where the tokenizer has the
+    tags as special tokens the split is made on their ids. `max_thinking_tokens` closes the block
+    when spent. Confidence is measured on the answer's tokens only (docs/CONFIDENCE.md).
 
     Yields one `Token` per sampled id (the eos too, with text ""), then one `Finish`.
     """
@@ -267,38 +218,90 @@ def generate(session: Session, tokenizer: Tokenizer, prompt_ids: Iterable[int], 
     prefill_s = clock.now()
     sampler = Sampler(options)
     meter = ConfidenceMeter(options.confidence_window, options.confidence_threshold)
-    detok, gate = tokenizer.stream(), TextGate(options.stop)
+    think = Think(tokenizer)
+    detok = tokenizer.stream()
+    parser = OutputParser(tools, reasoning=think.opened_by(prompt), stop=options.stop, think=think.tags)
     history = list(prompt)  # for the repetition penalty: prompt and answer, as transformers
     constraint = grammar.start(prompt) if grammar is not None else None
-    first_token_s = 0.0
+    first_token_s, thought = 0.0, 0
+    forced = think.close_ids() if options.max_thinking_tokens == 0 and parser.in_reasoning else []
     for n in range(1, options.max_tokens + 1):
-        token, p = sampler(logits, history, constraint.allowed() if constraint is not None else None)
+        if forced:  # the thinking budget is spent: the block is closed for the model
+            token = forced.pop(0)
+            logprob, _ = Sampler.logprobs(logits, token, 0)
+            p = math.exp(logprob)
+        else:
+            token, p = sampler(logits, history, constraint.allowed() if constraint is not None else None)
         if constraint is not None:
             constraint.advance(token)
         logprob, top = (sampler.logprobs(logits, token, options.logprobs) if options.logprobs is not None
                         else (None, ()))
         if n == 1:
             first_token_s = clock.now()
-        meter.add(p)
+        was_thinking = parser.in_reasoning
         if token in stop_ids:
-            reason, text = "eos", gate.close(detok.flush())
+            reason, (text, reasoning) = "eos", parser.close(think.text(detok.flush(), None))
         else:
-            text = gate.feed(detok.push(token))
+            reason, (text, reasoning) = None, parser.feed(think.text(detok.push(token), token))
             history.append(token)
-            reason = ("stop" if gate.stopped else "handoff" if meter.settled_low
+        if was_thinking or parser.in_reasoning:
+            thought += 1
+            if (options.max_thinking_tokens is not None and thought >= options.max_thinking_tokens
+                    and parser.in_reasoning and not forced):
+                forced = think.close_ids()
+        else:
+            meter.add(p)  # the answer's tokens (reasoning explores; the answer is what is trusted)
+        if reason is None:
+            reason = ("stop" if parser.stopped else "handoff" if meter.settled_low
                       else "length" if n == options.max_tokens or session.full
                       else "cancelled" if cancel is not None and cancel.is_set() else None)
             if reason is not None:
-                text += gate.close(detok.flush())
+                more, more_reasoning = parser.close(think.text(detok.flush(), None))
+                text, reasoning = text + more, reasoning + more_reasoning
         with clock.paused():
-            yield Token(token, text, p, logprob, top)
+            yield Token(token, text, p, logprob, top, reasoning)
         if reason is not None:
             break
         logits = session.step(token)
-    yield Finish(reason=reason, function_calls=gate.calls,
+    yield Finish(reason=reason, function_calls=parser.calls, reasoning=parser.reasoning,
                  confidence=meter.value, cloud_handoff=meter.handoff,
                  prefill_tokens=n_prefill, decode_tokens=n, prefill_s=prefill_s, first_token_s=first_token_s,
                  decode_s=clock.now() - first_token_s)
+
+
+class Think:
+    """Where a tokenizer's think block starts and ends. With `<think>`/`</think>` as special tokens,
+    the split is made on their ids: the parser sees private-use marks in their place, which no
+    decoded ordinary token stands for (ids are read from the tokenizer: LFM2.5's 128k vocabulary
+    moved them). Without them, the tags are plain text and the parser reads the text."""
+
+    OPEN, CLOSE = "\U000f0001", "\U000f0002"  # Unicode plane-15 private use
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        self.open_id, self.close_id = (tokenizer.special_tokens.get(t) for t in (THINK_START, THINK_END))
+        self.by_id = self.open_id is not None and self.close_id is not None
+        self.tags = (self.OPEN, self.CLOSE) if self.by_id else (THINK_START, THINK_END)
+
+    def text(self, piece: str, token: int | None) -> str:
+        """A decoded piece as the parser reads it: a think tag's id becomes its mark."""
+        if self.by_id and token is not None and token in (self.open_id, self.close_id):
+            tag, mark = (THINK_START, self.OPEN) if token == self.open_id else (THINK_END, self.CLOSE)
+            if piece.endswith(tag):
+                return piece[:-len(tag)] + mark
+        return piece
+
+    def opened_by(self, prompt: list[int]) -> bool:
+        """Did the prompt open a think block and leave it open (a template ending in `<think>`)?"""
+        if self.by_id:
+            tail = prompt[-8:]
+            last = {t: i for i, t in enumerate(tail)}
+            return last.get(self.open_id, -1) > last.get(self.close_id, -1)
+        tail = self.tokenizer.decode(prompt[-8:])
+        return tail.rfind(THINK_START) > tail.rfind(THINK_END)
+
+    def close_ids(self) -> list[int]:
+        return [self.close_id] if self.by_id else self.tokenizer.encode(THINK_END)
 
 
 @dataclass
@@ -365,7 +368,7 @@ __all__ = [
     "Finish",
     "Generation",
     "Session",
-    "TextGate",
+    "Think",
     "Token",
     "collect",
     "eos_ids",

@@ -58,6 +58,10 @@ class SamplingOptions:
     parallel_tool_calls: bool = True   # False: one call per call block
     response_format: dict | None = None  # None (free text) | {"type", "schema"}
     logprobs: int | None = None        # None = off; else each token's logprob and this many alternatives
+    # reasoning models (generate.py): the think block
+    enable_thinking: bool | None = None     # passed to chat templates that read it; None: the template's default
+    max_thinking_tokens: int | None = None  # None = no budget; when spent, `</think>` is written for the model
+    stream_thinking: bool = False           # callbacks also get the reasoning, between <think> and </think>
 
     def __post_init__(self):
         for f in fields(self):
@@ -168,6 +172,9 @@ _CHECKS = {
     "parallel_tool_calls": lambda n, v: _bool(n, v),
     "response_format": lambda n, v: _grammar_check(grammar.check_response_format, n, v),
     "logprobs": _optional(lambda n, v: _number(n, v, 0, 20, integer=True)),
+    "enable_thinking": _optional(_bool),
+    "max_thinking_tokens": _optional(lambda n, v: _number(n, v, 0, None, integer=True)),
+    "stream_thinking": _bool,
 }
 
 
