@@ -18,8 +18,8 @@ from cactus.tokenizer import Tokenizer
 from cactus.tools import OutputParser, parse_output
 
 S, E = "<|tool_call_start|>", "<|tool_call_end|>"
-TOOLS = [{"type": "function", "function": {"name": n, "parameters": {"type": "object", "properties": {}}}}
-         for n in ("get_weather", "text")]
+TOOLS = [{"type": "function", "function": {"name": n, "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}} for n in ("get_weather", "text")]
 
 
 def call(name, **arguments):
@@ -259,3 +259,72 @@ def test_token_events_carry_reasoning_separately(think_model):
     evs = list(m.stream([{"role": "user", "content": "hi"}]))
     tokens = [e for e in evs if isinstance(e, Token)]
     assert "".join(t.reasoning for t in tokens) == "a b" and "".join(t.text for t in tokens) == "c"
+
+
+# ----------------------------------------------------------------------------- the server
+
+@pytest.fixture
+def served(think_model):
+    """`cactus serve` on loopback over a scripted reasoning model -> an openai client."""
+    import threading
+
+    from openai import OpenAI
+
+    from cactus.server import Server
+
+    servers = []
+
+    def start(text):
+        server = Server(("127.0.0.1", 0), think_model(text), "think")
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        servers.append(server)
+        return OpenAI(base_url=f"http://127.0.0.1:{server.server_address[1]}/v1", api_key="x", max_retries=0,
+                      timeout=60)
+
+    yield start
+    for s in servers:
+        s.shutdown()
+        s.server_close()
+
+
+USER = [{"role": "user", "content": "hi"}]
+
+
+def test_server_chat_reasoning_content(served):
+    client = served(f"<think>Weather needs a tool.</think>{S}[get_weather(city='Oslo')]{E}")
+    r = client.chat.completions.create(model="think", messages=USER, tools=TOOLS)
+    msg = r.choices[0].message
+    assert msg.reasoning_content == "Weather needs a tool." and msg.content is None
+    assert [tc.function.name for tc in msg.tool_calls] == ["get_weather"] and r.choices[0].finish_reason == "tool_calls"
+    chunks = list(client.chat.completions.create(model="think", messages=USER, tools=TOOLS, stream=True))
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    assert "".join(getattr(d, "reasoning_content", None) or "" for d in deltas) == "Weather needs a tool."
+    assert "".join(d.content or "" for d in deltas) == ""
+
+
+def test_server_reasoning_in_history_reaches_the_template(served):
+    client = served("ok")
+    history = USER + [{"role": "assistant", "content": "A.", "reasoning_content": "earlier thought"},
+                      {"role": "user", "content": "again"}]
+    r = client.chat.completions.create(model="think", messages=history, max_tokens=4)
+    assert r.choices[0].message.content == "ok"
+
+
+def test_server_responses_reasoning_item(served):
+    client = served("<think>Two words.</think>Hello there.")
+    r = client.responses.create(model="think", input="hi")
+    kinds = [item.type for item in r.output]
+    assert kinds == ["reasoning", "message"] and r.output_text == "Hello there."
+    assert r.output[0].content[0].text == "Two words."
+    events = list(client.responses.create(model="think", input="hi", stream=True))
+    deltas = "".join(e.delta for e in events if e.type == "response.reasoning_text.delta")
+    assert deltas == "Two words." and events[-1].response.output_text == "Hello there."
+
+
+def test_server_thinking_fields(served):
+    client = served("<think>" + "a " * 30 + "</think>done")
+    r = client.chat.completions.create(model="think", messages=USER, extra_body={"max_thinking_tokens": 3})
+    assert r.choices[0].message.content and len(r.choices[0].message.reasoning_content.split()) <= 2
+    bad = pytest.raises(Exception, client.chat.completions.create, model="think", messages=USER,
+                        extra_body={"chat_template_kwargs": {"foo": 1}})
+    assert "chat_template_kwargs" in str(bad.value)

@@ -47,6 +47,7 @@ class Completion:
     ram_usage_mb: float
     finish_reason: str = ""                          # eos | stop | length | handoff | cancelled
     thinking: str = ""                               # the reasoning (think block), never in `response`
+    thinking_tokens: int = 0                         # decode tokens spent on it (of decode_tokens)
     token_ids: list[int] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict:
@@ -252,7 +253,8 @@ def _completion(text: str, ids: list[int], finish: Finish, total_s: float, setup
         decode_tps=decode_steps / finish.decode_s if decode_steps > 0 and finish.decode_s > 0 else 0.0,
         prefill_tokens=finish.prefill_tokens, decode_tokens=finish.decode_tokens,
         total_tokens=finish.prefill_tokens + finish.decode_tokens, ram_usage_mb=ram_usage_mb(),
-        finish_reason=finish.reason, thinking=finish.reasoning, token_ids=ids)
+        finish_reason=finish.reason, thinking=finish.reasoning,
+        thinking_tokens=finish.reasoning_tokens, token_ids=ids)
 
 
 # ----------------------------------------------------------------------------- C-style API

@@ -45,6 +45,7 @@ class Finish:
     reason: str                   # "eos" | "stop" | "length" | "handoff" | "cancelled"
     function_calls: list[dict]
     reasoning: str                # the think block's text ("" when the model did not reason)
+    reasoning_tokens: int         # tokens sampled inside it, its tags included
     confidence: float             # mean token probability over the confidence window (answer tokens)
     cloud_handoff: bool
     prefill_tokens: int           # prompt tokens actually run (the part the caches lacked)
@@ -263,7 +264,7 @@ def generate(session: Session, tokenizer: Tokenizer, prompt_ids: Iterable[int], 
         if reason is not None:
             break
         logits = session.step(token)
-    yield Finish(reason=reason, function_calls=parser.calls, reasoning=parser.reasoning,
+    yield Finish(reason=reason, function_calls=parser.calls, reasoning=parser.reasoning, reasoning_tokens=thought,
                  confidence=meter.value, cloud_handoff=meter.handoff,
                  prefill_tokens=n_prefill, decode_tokens=n, prefill_s=prefill_s, first_token_s=first_token_s,
                  decode_s=clock.now() - first_token_s)

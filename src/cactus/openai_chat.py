@@ -27,7 +27,8 @@ CHAT_OPTIONS = {"temperature": "temperature", "top_p": "top_p", "max_tokens": "m
                 "max_completion_tokens": "max_tokens", "stop": "stop", "seed": "seed", "top_k": "top_k",
                 "min_p": "min_p", "repetition_penalty": "repetition_penalty",
                 "confidence_threshold": "confidence_threshold", "tool_choice": "tool_choice",
-                "parallel_tool_calls": "parallel_tool_calls", "response_format": "response_format"}
+                "parallel_tool_calls": "parallel_tool_calls", "response_format": "response_format",
+                "max_thinking_tokens": "max_thinking_tokens"}
 # fields whose meaning is not implemented: refused unless they hold their no-op value
 NOT_IMPLEMENTED = {"logit_bias": {}, "presence_penalty": 0, "frequency_penalty": 0, "modalities": ["text"],
                    "audio": None, "prediction": None, "web_search_options": None, "functions": None,
@@ -174,7 +175,7 @@ def usage(samples: list[Completion], prompt_tokens: int) -> dict:
 
 
 def reasoning(completion: Completion) -> str:
-    return getattr(completion, "thinking", "") or ""
+    return completion.thinking
 
 
 def logprob_entry(tokenizer, t: Token, text: str) -> dict:
@@ -220,11 +221,17 @@ class ChatJob(Job):
     def parse(cls, body: Any, model_name: str) -> ChatJob:
         body = json_object(body)
         check_fields(body, {"messages", "tools", "n", "stream", "stream_options", "logprobs", "top_logprobs",
-                            "store", *CHAT_OPTIONS}, NOT_IMPLEMENTED)
+                            "store", "chat_template_kwargs", *CHAT_OPTIONS}, NOT_IMPLEMENTED)
         if body.get("store"):
             raise RequestError(400, "'store': this server keeps no completions; send store: false or leave it out",
                                "store")
         options, fields = options_from(body, CHAT_OPTIONS)
+        kwargs = body.get("chat_template_kwargs") or {}
+        if not isinstance(kwargs, dict) or set(kwargs) - {"enable_thinking"}:
+            raise RequestError(400, "'chat_template_kwargs' may hold only enable_thinking", "chat_template_kwargs")
+        if "enable_thinking" in kwargs:
+            options["enable_thinking"] = kwargs["enable_thinking"]
+            fields["enable_thinking"] = "chat_template_kwargs.enable_thinking"
         stream = body.get("stream", False)
         stream_options = body.get("stream_options") or {}
         if not isinstance(stream_options, dict) or set(stream_options) - {"include_usage", "include_obfuscation"}:
@@ -269,17 +276,14 @@ class ChatJob(Job):
                 started.add(i)
                 yield chunk(choice(i, {"role": "assistant", "content": ""}))
             if isinstance(event, Token):
-                piece = getattr(event, "thinking", "")  # reasoning pieces, where the stream gives them
-                if piece:
-                    yield chunk(choice(i, {"reasoning_content": piece}))
+                if event.reasoning:
+                    yield chunk(choice(i, {"reasoning_content": event.reasoning}))
                 if event.text:
                     lp = None if self.logprobs is None else [logprob_entry(self.tokenizer, event, event.text)]
                     yield chunk(choice(i, {"content": event.text}, lp=lp))
                 continue
             c = event
             done.append(c)
-            if reasoning(c) and not hasattr(Token, "thinking"):  # no streamed pieces: the whole at the end
-                yield chunk(choice(i, {"reasoning_content": reasoning(c)}))
             if c.function_calls:
                 yield chunk(choice(i, {"tool_calls": [dict(tc, index=j) for j, tc in enumerate(tool_calls(c))]}))
             yield chunk(choice(i, {}, finish_reason(c)))

@@ -93,7 +93,7 @@ class ResponsesJob(Job):
             "input_tokens": prompt_tokens, "output_tokens": c.decode_tokens,
             "total_tokens": prompt_tokens + c.decode_tokens,
             "input_tokens_details": {"cached_tokens": max(prompt_tokens - c.prefill_tokens, 0)},
-            "output_tokens_details": {"reasoning_tokens": getattr(c, "thinking_tokens", 0) or 0}}
+            "output_tokens_details": {"reasoning_tokens": c.thinking_tokens}}
         return {"id": rid, "object": "response", "created_at": created, "status": status, "error": None,
                 "incomplete_details": incomplete, "model": self.model_name, "output": output,
                 "usage": usage, "previous_response_id": None, "store": False, **self.echo}
@@ -138,7 +138,7 @@ class ResponsesJob(Job):
         for _, ev in events:
             if isinstance(ev, Token):
                 tokens.append(ev)
-                if piece := getattr(ev, "thinking", ""):  # reasoning pieces, where the stream gives them
+                if piece := ev.reasoning:
                     if think is None:
                         think = _reasoning_item("")
                         yield added(think)
@@ -164,11 +164,6 @@ class ResponsesJob(Job):
             c = ev
             if think is not None and think["status"] != "completed":
                 yield from _close_reasoning(event, done, output, think)
-            elif think is None and reasoning(c):  # no streamed pieces: the whole reasoning at the end
-                think = _reasoning_item("")
-                yield added(think)
-                think["content"][0]["text"] = reasoning(c)
-                yield from _close_reasoning(event, done, output, think, reasoning(c))
             if msg is None and (c.response or not c.function_calls):
                 msg = self._message(c.response, tokens, "in_progress")
                 yield added(msg)
@@ -198,10 +193,8 @@ class ResponsesJob(Job):
                         response=final)
 
 
-def _close_reasoning(event, done, output: list, item: dict, text: str = "") -> Iterator[bytes]:
+def _close_reasoning(event, done, output: list, item: dict) -> Iterator[bytes]:
     i = output.index(item)
-    if text:
-        yield event("response.reasoning_text.delta", item_id=item["id"], output_index=i, content_index=0, delta=text)
     item["status"] = "completed"
     yield event("response.reasoning_text.done", item_id=item["id"], output_index=i, content_index=0,
                 text=item["content"][0]["text"])
