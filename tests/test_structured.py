@@ -7,8 +7,10 @@ from __future__ import annotations
 import io
 import json
 import sys
+from typing import Literal
 
 import pytest
+from pydantic import BaseModel, Field
 
 from cactus.cli import main
 from cactus.demo import demo_path
@@ -19,6 +21,61 @@ WEATHER = {"type": "function", "function": {
 TIME = {"type": "function", "function": {
     "name": "get_time", "description": "Current time in a timezone",
     "parameters": {"type": "object", "properties": {"timezone": {"type": "string"}}, "required": ["timezone"]}}}
+
+WEATHER_Q = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+class Day(BaseModel):
+    sky: Literal["sunny", "cloudy", "rainy"]
+    high: int = Field(ge=-40, le=50)
+
+
+class Forecast(BaseModel):  # nested models, a list with bounds, an enum, a bounded string
+    city: str = Field(max_length=20)
+    days: list[Day] = Field(min_length=1, max_length=3)
+    windy: bool
+
+
+# ----------------------------------------------------------------------------- the openai SDK's parse()
+
+def test_chat_completions_parse_gives_the_pydantic_object(demo, start):
+    # parse() sends the model's strict json_schema and validates the answer with pydantic
+    client, _ = start(demo)
+    for question in (WEATHER_Q, [{"role": "user", "content": "Forecast for Tokyo this week"}]):
+        r = client.chat.completions.parse(model="demo", messages=question, response_format=Forecast, max_tokens=120)
+        choice = r.choices[0]
+        assert choice.finish_reason == "stop" and isinstance(choice.message.parsed, Forecast)
+        assert choice.message.parsed == Forecast.model_validate_json(choice.message.content)
+        assert 1 <= len(choice.message.parsed.days) <= 3 and len(choice.message.parsed.city) <= 20
+
+
+def test_chat_completions_stream_parses_the_same_object(demo, start):
+    client, _ = start(demo)
+    whole = client.chat.completions.parse(model="demo", messages=WEATHER_Q, response_format=Forecast, max_tokens=120)
+    with client.chat.completions.stream(model="demo", messages=WEATHER_Q, response_format=Forecast,
+                                        max_tokens=120) as stream:
+        final = stream.get_final_completion()
+    assert final.choices[0].message.parsed == whole.choices[0].message.parsed
+
+
+def test_responses_parse_with_text_format(demo, start):
+    client, _ = start(demo)
+    r = client.responses.parse(model="demo", input="What is the weather in Paris?", text_format=Forecast,
+                               max_output_tokens=120)
+    assert r.status == "completed" and isinstance(r.output_parsed, Forecast)
+    assert r.output_parsed == Forecast.model_validate_json(r.output_text)
+
+
+@pytest.mark.parametrize("system,question", [("Answer with a JSON object.", "What is the weather in Paris?"),
+                                             (None, "Hello"), (None, "Return a JSON object with a key answer.")])
+def test_json_object_mode_gives_a_json_object(demo, start, system, question):
+    # prompts the demo model answers within the budget (a string it never closes would stop at length)
+    client, _ = start(demo)
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
+    r = client.chat.completions.create(model="demo", messages=messages, response_format={"type": "json_object"},
+                                       max_tokens=120)
+    assert r.choices[0].finish_reason == "stop"
+    assert isinstance(json.loads(r.choices[0].message.content), dict)
 
 
 # ----------------------------------------------------------------------------- cactus run --tool-choice
