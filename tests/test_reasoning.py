@@ -328,3 +328,21 @@ def test_server_thinking_fields(served):
     bad = pytest.raises(Exception, client.chat.completions.create, model="think", messages=USER,
                         extra_body={"chat_template_kwargs": {"foo": 1}})
     assert "chat_template_kwargs" in str(bad.value)
+
+
+# ----------------------------------------------------------------------------- cactus run
+
+def test_cactus_run_keeps_the_thinking_out_of_the_answers(think_model):
+    import io
+
+    from cactus.repl import repl
+
+    def run(lines):
+        out, err = io.StringIO(), io.StringIO()
+        rc = repl(think_model("<think>Greeting back.</think>Hello!"), io.StringIO(lines), out, err)
+        return rc, out.getvalue(), err.getvalue()
+
+    rc, out, err = run("hi\n")
+    assert rc == 0 and out == "Hello!\n" and "Greeting back" not in err and "/think shows it" in err
+    rc, out, err = run("/think\nhi\n")
+    assert rc == 0 and out == "Hello!\n" and "Greeting back.\n" in err and "[thinking shown]" in err

@@ -10,10 +10,13 @@ from typing import BinaryIO, TextIO
 
 from .api import Completion, Model
 
+DIM, PLAIN = "\x1b[2m", "\x1b[0m"
+
 HELP = """commands:
   /reset         forget the conversation
   /system TEXT   set the system prompt (empty TEXT removes it)
   /tool TEXT     answer the last tool call with TEXT (a tool result) and let the model go on
+  /think         show or hide a reasoning model's thinking (shown dimmed; hidden: only its length)
   /help          this help
   /exit          leave (also /quit or Ctrl-D)
 multi-line input: end a line with \\ to continue it, or put lines between two lines of \"\"\"
@@ -100,6 +103,7 @@ def repl(model: Model, stdin: TextIO, stdout: TextIO, stderr: TextIO, tools: lis
     history: list[dict] = []
     read = LineReader(stdin, interactive)
     failed = 0
+    show_thinking = interactive  # piped: stdout holds only the answers
     if interactive:
         try:
             import readline  # noqa: F401  (line editing and history for input())
@@ -139,6 +143,10 @@ def repl(model: Model, stdin: TextIO, stdout: TextIO, stderr: TextIO, tools: lis
             model.reset()
             stderr.write("[conversation cleared]\n")
             continue
+        if command == "/think":
+            show_thinking = not show_thinking
+            stderr.write("[thinking shown]\n" if show_thinking else "[thinking hidden]\n")
+            continue
         if command == "/system":
             system = arg.strip() or None
             stderr.write("[system prompt set]\n" if system else "[system prompt removed]\n")
@@ -150,7 +158,9 @@ def repl(model: Model, stdin: TextIO, stdout: TextIO, stderr: TextIO, tools: lis
             continue
         else:
             history.append({"role": "user", "content": text})
-        answer = _answer(model, conversation(), tools, options, stdout, stderr)
+        thinking = (stdout, DIM, PLAIN) if show_thinking and interactive else (stderr, "", "") if show_thinking \
+            else None
+        answer = _answer(model, conversation(), tools, options, stdout, stderr, thinking)
         if answer is None:  # the request itself was refused (e.g. too long): drop it
             history.pop()
             failed += 1
@@ -160,22 +170,41 @@ def repl(model: Model, stdin: TextIO, stdout: TextIO, stderr: TextIO, tools: lis
 
 
 def _answer(model: Model, messages: list[dict], tools, options: dict, stdout: TextIO,
-            stderr: TextIO) -> dict | None:
-    """Stream one answer; returns the assistant message to keep in the conversation."""
+            stderr: TextIO, thinking: tuple[TextIO, str, str] | None = None) -> dict | None:
+    """Stream one answer; returns the assistant message to keep in the conversation. `thinking`:
+    where a reasoning model's thinking goes (stream, style on, style off), None: not shown."""
     shown: list[str] = []
     events = model.stream(messages, tools, **options)
     completion = None
+    in_thought = False  # a thought is on screen, its style still on
+
+    def end_thought() -> None:
+        nonlocal in_thought
+        if in_thought:
+            out, _, off = thinking
+            out.write(off + "\n")
+            out.flush()
+            in_thought = False
+
     try:
         for event in events:
             if isinstance(event, Completion):
                 completion = event
                 break
+            if event.reasoning and thinking is not None:
+                out, on, _ = thinking
+                out.write(("" if in_thought else on) + event.reasoning)
+                out.flush()
+                in_thought = True
             if event.text:
+                end_thought()
                 shown.append(event.text)
                 stdout.write(event.text)
                 stdout.flush()
+        end_thought()
     except KeyboardInterrupt:
         events.close()
+        end_thought()
         stdout.write("\n")
         stderr.write("[stopped]\n")
         return {"role": "assistant", "content": "".join(shown)}
@@ -185,6 +214,8 @@ def _answer(model: Model, messages: list[dict], tools, options: dict, stdout: Te
     if shown and not shown[-1].endswith("\n"):
         stdout.write("\n")
     message: dict = {"role": "assistant", "content": completion.response}
+    if completion.thinking:
+        message["reasoning_content"] = completion.thinking  # the template keeps or strips it
     if completion.function_calls:
         for call in completion.function_calls:
             stdout.write(f"[tool call] {describe_call(call)}\n")
@@ -193,6 +224,8 @@ def _answer(model: Model, messages: list[dict], tools, options: dict, stdout: Te
     stats = (f"[{completion.decode_tps:.1f} tok/s · {completion.decode_tokens} tokens · "
              f"prefill {completion.prefill_tokens} tokens at {completion.prefill_tps:.0f} tok/s · "
              f"first token {completion.time_to_first_token_ms:.0f} ms]")
+    if completion.thinking_tokens:
+        stats += f" [thought {completion.thinking_tokens} tokens{'' if thinking else ': /think shows it'}]"
     if completion.cloud_handoff:
         stats += f" [low confidence {completion.confidence:.2f}: cloud handoff suggested]"
     stdout.flush()  # the answer is on screen before the statistics line
