@@ -3,12 +3,16 @@ and the checks on what goes into it (messages, OpenAI-style tool schemas).
 
 Assistant messages with OpenAI-style `tool_calls` become the text LFM2 writes for them
 (`<|tool_call_start|>[name(k=v)]<|tool_call_end|>` + content) unless the template renders
-`tool_calls` itself.
+`tool_calls` itself. Their reasoning (`reasoning_content` or `thinking`) goes to the template under
+both names where it reads one (LFM2.5-8B-A1B / -2.6B read `thinking`), as `<think>...</think>` before
+the content where it only knows the tags (LFM2.5-1.2B strips them from past turns itself), and
+nowhere for a template that never reasons.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -21,6 +25,9 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from .tools import format_tool_calls, normalize_call
 
 ROLES = ("system", "user", "assistant", "tool")
+REASONING_KEYS = ("reasoning_content", "thinking")  # OpenAI-compatible servers' name, the templates' name
+THINK_START, THINK_END = "<think>", "</think>"
+_READS_REASONING = re.compile(r"\b(?:thinking|reasoning_content)\b")  # not keep_past_thinking & co
 
 
 class ChatTemplate:
@@ -86,13 +93,22 @@ class ChatTemplate:
         raise ValueError(f"the model has several chat templates {sorted(self.templates)} "
                          "and none is 'default'")
 
-    def render(self, messages: Any, tools: Any = None, add_generation_prompt: bool = True, **extra) -> str:
-        """Messages (+ tools) -> the prompt text, exactly as the model was trained to read it."""
+    def render(self, messages: Any, tools: Any = None, add_generation_prompt: bool = True,
+               enable_thinking: bool | None = None, **extra) -> str:
+        """Messages (+ tools) -> the prompt text, exactly as the model was trained to read it.
+        `enable_thinking` reaches templates that read it (None leaves it out: the template's
+        default); `extra` are further template variables (`preserve_thinking`, ...)."""
         messages = validate_messages(messages)
         tools = validate_tools(tools)
         source = self.source(tools=bool(tools))
         if "tool_calls" not in source:  # the template does not know tool calls: write them as LFM2 does
             messages = [_inline_tool_calls(m) for m in messages]
+        if not _READS_REASONING.search(source):
+            messages = [_inline_reasoning(m, THINK_END in source) for m in messages]
+        if enable_thinking is not None:
+            if not isinstance(enable_thinking, bool):
+                raise ValueError(f"enable_thinking must be true, false or null, got {enable_thinking!r:.60}")
+            extra["enable_thinking"] = enable_thinking
         context = dict(self.special_tokens, **extra)
         try:
             return _compile(source).render(messages=messages, tools=tools, documents=None,
@@ -135,11 +151,8 @@ def validate_messages(messages: Any) -> list[dict]:
             calls = message["tool_calls"]
             if not isinstance(calls, list):
                 raise ValueError(f"{where}.tool_calls must be a list")
-            for j, call in enumerate(calls):
-                try:
-                    normalize_call(call)
-                except ValueError as e:
-                    raise ValueError(f"{where}.tool_calls[{j}]: {e}") from None
+            message["tool_calls"] = [_template_call(call, f"{where}.tool_calls[{j}]") for j, call in enumerate(calls)]
+        _check_reasoning(message, where)
         content = message.get("content")
         if content is None:
             if not message.get("tool_calls"):
@@ -204,6 +217,47 @@ def _check_parameters(params: Any, where: str) -> None:
     for j, key in enumerate(required):
         if not isinstance(key, str) or key not in props:
             raise ValueError(f"{where}.required[{j}]: {key!r} is not one of the properties")
+
+
+def _template_call(call: Any, where: str) -> dict:
+    """A tool call in the form HF chat templates read: {"type": "function", "function": {"name",
+    "arguments": {...}}}, arguments parsed (OpenAI sends them as a JSON string; LFM2.5's templates
+    iterate them as a mapping). The call's id is kept."""
+    try:
+        name, arguments = normalize_call(call)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    out = {"type": "function", "function": {"name": name, "arguments": arguments}}
+    return {"id": call["id"], **out} if "id" in call else out
+
+
+def _check_reasoning(message: dict, where: str) -> None:
+    """An assistant message's reasoning, under either name -> the same text under both ("" = none)."""
+    given = {k: message.pop(k) for k in REASONING_KEYS if k in message}
+    if not given:
+        return
+    if message["role"] != "assistant":
+        raise ValueError(f"{where}: only assistant messages carry {' / '.join(given)}")
+    for key, value in given.items():
+        if not isinstance(value, str):
+            raise ValueError(f"{where}.{key} must be a string, got {type(value).__name__}")
+    if len(set(given.values())) > 1:
+        raise ValueError(f"{where}: reasoning_content and thinking differ; send the reasoning once")
+    text = next(iter(given.values()))
+    if text:
+        message.update(dict.fromkeys(REASONING_KEYS, text))
+
+
+def _inline_reasoning(message: dict, knows_think_tags: bool) -> dict:
+    """For a template that reads no reasoning field: `<think>r</think>` before the content where it
+    knows the tags (it strips them from past turns itself), else the reasoning is dropped."""
+    if not any(k in message for k in REASONING_KEYS):
+        return message
+    text = message[REASONING_KEYS[0]]
+    message = {k: v for k, v in message.items() if k not in REASONING_KEYS}
+    if knows_think_tags:
+        message["content"] = f"{THINK_START}{text}{THINK_END}" + (message.get("content") or "")
+    return message
 
 
 def _inline_tool_calls(message: dict) -> dict:
@@ -293,4 +347,4 @@ def _compile(source: str) -> jinja2.Template:
         raise ValueError(f"chat template does not parse: {e}") from None
 
 
-__all__ = ["ROLES", "ChatTemplate", "validate_messages", "validate_tools"]
+__all__ = ["REASONING_KEYS", "ROLES", "ChatTemplate", "validate_messages", "validate_tools"]
