@@ -197,6 +197,12 @@ BAD_MESSAGES = [
      r"tool_calls\[0\]"),
     ("second message bad", [{"role": "user", "content": "x"}, {"role": "x", "content": "y"}],
      r"messages\[1\]"),
+    ("reasoning on user", [{"role": "user", "content": "x", "thinking": "r"}],
+     r"messages\[0\]: only assistant messages carry thinking"),
+    ("reasoning not string", [{"role": "assistant", "content": "x", "reasoning_content": ["r"]}],
+     r"messages\[0\]\.reasoning_content must be a string, got list"),
+    ("reasoning spellings differ", [{"role": "assistant", "content": "x", "reasoning_content": "a", "thinking": "b"}],
+     r"messages\[0\]: reasoning_content and thinking differ"),
 ]
 
 
@@ -240,3 +246,28 @@ def test_validate_tools_accepts_bare_function_form():
     tools = validate_tools([{"name": "f", "parameters": {"type": "object", "properties": {}}}])
     assert tools[0]["name"] == "f"
 
+
+
+def test_reasoning_spellings_agreeing_or_empty():
+    same = validate_messages([{"role": "assistant", "content": "x", "reasoning_content": "r", "thinking": "r"}])[0]
+    assert (same["thinking"], same["reasoning_content"]) == ("r", "r")
+    empty = validate_messages([{"role": "assistant", "content": "x", "thinking": ""}])[0]
+    assert empty == {"role": "assistant", "content": "x"}
+
+
+@pytest.mark.parametrize("value, rendered", [(None, "unset"), (True, "True"), (False, "False")])
+def test_enable_thinking_reaches_the_template_only_when_set(value, rendered):
+    t = ChatTemplate("{{ enable_thinking if enable_thinking is defined else 'unset' }}")
+    assert t.render(USER, enable_thinking=value) == rendered
+
+
+def test_enable_thinking_must_be_a_bool():
+    with pytest.raises(ValueError, match="enable_thinking must be true, false or null, got 'yes'"):
+        ChatTemplate("x").render(USER, enable_thinking="yes")
+
+
+def test_template_gets_tool_call_arguments_parsed():
+    """OpenAI sends arguments as a JSON string; templates that render tool_calls read a mapping."""
+    source = "{% for c in messages[0].tool_calls %}{{ c.id }}:{{ c.function.arguments.city }}{% endfor %}"
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\"city\": \"Paris\"}"}}
+    assert ChatTemplate(source).render([{"role": "assistant", "tool_calls": [call]}]) == "c1:Paris"
