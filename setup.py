@@ -14,7 +14,7 @@ from setuptools.command.build_ext import build_ext
 from setuptools.errors import CompileError
 
 K = "src/cactus/_kernels/"
-COMMON = ["binding.c", "driver.c", "step.c", "small.c", "pool.c", "dispatch.c", "kernels_scalar.c"]
+COMMON = ["binding.c", "driver.c", "tape.c", "small.c", "pool.c", "dispatch.c", "kernels_scalar.c"]
 X86 = {
     "kernels_ssse3.c": ["-mssse3"],
     "kernels_avx2.c": ["-mavx2", "-mfma", "-mf16c"],
@@ -90,7 +90,7 @@ ext = Extension(
     extra_compile_args=BASE_FLAGS,
     extra_link_args=[] if sys.platform == "darwin" else ["-pthread"],
     # the ISA files are compiled separately: list them so a change to one relinks the extension
-    depends=[K + h for h in ("kernels.h", "driver.h", "pool.h", "step.h")] + [K + s for s in (*X86, *ARM)],
+    depends=[K + h for h in ("kernels.h", "driver.h", "pool.h", "tape.h")] + [K + s for s in (*X86, *ARM)],
 )
 
 setup(ext_modules=[ext], cmdclass={"build_ext": BuildKernels})

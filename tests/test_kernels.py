@@ -258,49 +258,71 @@ def test_arguments_are_checked():
                     np.zeros((2, 16, 64), np.float16), 0, 0.1)
 
 
-def test_decoder_plan_and_states_are_checked(tmp_path):
-    """The one-call decode checks its plan once and its caches at every call: a wrong shape or
-    position is an error, never a write outside a buffer."""
+def test_tape_and_states_are_checked(tmp_path):
+    """The C tape checks its ops once and its caches at every run: a wrong shape, position or
+    sequence is an error, never a write outside a buffer."""
     from helpers import make_hf_model
 
     from cactus import _kernels as k
     from cactus.convert import convert
     from cactus.engine import load
 
-    hf_dir, _ = make_hf_model(tmp_path / "hf", "moe")
+    hf_dir, _ = make_hf_model(tmp_path / "hf", "moe", conv_bias=True)  # biases: every op on the tape
     m = load(convert(hf_dir, tmp_path / "int4", quant="int4", chat=False), max_context=32)
-    net = m.net
-    layers = [(b.op.spec(), b.ffn.spec(), b.operator_norm, b.ffn_norm) for b in net.blocks]
-    plan = ops.decoder(layers, net.embed, net.norm, net.lm_head, 1e-5)
-    states = tuple((c.kt, c.v) if hasattr(c, "kt") else c.state for c in m.cache)
-    assert ops.decode(plan, 3, 0, states).shape == (1, net.cfg.vocab_size)
-    bad = list(layers)
-    bad[0] = (bad[0][0], bad[0][1], bad[0][2][:-1].copy(), bad[0][3])
-    with pytest.raises(ValueError, match="operator_norm"):
-        ops.decoder(bad, net.embed, net.norm, net.lm_head, 1e-5)
-    bad[0] = (("conv",) + layers[0][0][1:3], *layers[0][1:])
-    with pytest.raises(ValueError, match="layer 0"):
-        ops.decoder(bad, net.embed, net.norm, net.lm_head, 1e-5)
-    moe = next(i for i, lay in enumerate(layers) if lay[1][0] == "moe")
-    spec = list(layers[moe][1])
-    spec[6] = 99  # top_k > experts
-    bad = list(layers)
-    bad[moe] = (layers[moe][0], tuple(spec), *layers[moe][2:])
-    with pytest.raises(ValueError, match="top_k"):
-        ops.decoder(bad, net.embed, net.norm, net.lm_head, 1e-5)
-    with pytest.raises(ValueError, match="positions"):
-        ops.decode(plan, 3, 32, states)
-    with pytest.raises(IndexError):
-        ops.decode(plan, net.cfg.vocab_size, 1, states)
-    with pytest.raises(ValueError, match="tuple"):
-        ops.decode(plan, 3, 1, states[:-1])
-    conv = next(i for i, st in enumerate(states) if not isinstance(st, tuple))
-    wrong = list(states)
+    tape = ops.record(m.net.definition, m.cache)
+    assert {op.name for op in tape.ops} == set(ops.TAPE_OPS)
+    kernel = tape._compile(k)
+    compiled = {}
+
+    def capture(c, w, o):  # the arguments _compile passes
+        compiled.update(code=c, widths=w, out=o)
+        return k.Tape(c, w, o)
+
+    class Capture:
+        Tape = staticmethod(capture)
+
+    tape._compile(Capture)
+    code, widths, out = list(compiled["code"]), compiled["widths"], compiled["out"]
+
+    def refused(match, i, field, value, exc=ValueError):
+        bad = list(code)
+        op = list(bad[i])
+        op[field] = value
+        bad[i] = tuple(op)
+        with pytest.raises(exc, match=match):
+            k.Tape(tuple(bad), widths, out)
+
+    at = {name: next(i for i, op in enumerate(code) if op[0] == name) for name in ops.TAPE_OPS}
+    refused("rmsnorm", at["rmsnorm"], 5, (code[at["rmsnorm"]][5][0][:-1].copy(),))
+    refused("linear.*weight", at["linear"], 4, (code[at["embed"]][4][0],))
+    refused("top_k", at["moe"], 6, (99, 1))
+    refused("unknown op", 0, 0, "matmul")
+    refused("not a value written before", at["add"], 2, (len(widths) - 1, len(widths) - 1))
+    refused("KV cache", at["attention"], 3, code[at["conv_gate"]][3])
+    refused("expected a cactus._kernels.Weight", at["linear"], 4, ("w",), TypeError)
+    with pytest.raises(ValueError, match="output"):
+        k.Tape(tuple(code), widths, len(widths))
+    states = (tuple(c.tape_state() for c in m.cache),)
+    one = np.array([3]), np.array([0]), np.array([0])
+    assert kernel.run(*one, states).shape == (1, m.config.vocab_size)
+    with pytest.raises(ValueError, match="exceeds the cache"):
+        kernel.run(np.array([3]), np.array([0]), np.array([32]), states)
+    with pytest.raises(IndexError, match="id"):
+        kernel.run(np.array([m.config.vocab_size]), *one[1:], states)
+    with pytest.raises(IndexError, match="sequence"):
+        kernel.run(np.array([3]), np.array([1]), np.array([1]), states)
+    with pytest.raises(ValueError, match="tuple of"):
+        kernel.run(*one, (states[0][:-1],))
+    with pytest.raises(ValueError, match="must be"):
+        kernel.run(np.array([3, 4]), np.array([0]), np.array([1]), states)
+    conv = next(i for i, st in enumerate(states[0]) if not isinstance(st, tuple))
+    wrong = list(states[0])
     wrong[conv] = np.zeros((5, 5), np.float32)
     with pytest.raises(ValueError, match="conv state"):
-        ops.decode(plan, 3, 1, tuple(wrong))
-    with pytest.raises(TypeError):
-        k.decode("not a plan", 3, 1, states)
+        kernel.run(*one, (tuple(wrong),))
+    with pytest.raises(ValueError, match="writeable"):
+        wrong[conv] = np.broadcast_to(states[0][conv], states[0][conv].shape)
+        kernel.run(*one, (tuple(wrong),))
 
 
 def test_isa_switches():

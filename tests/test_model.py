@@ -109,10 +109,11 @@ def test_kernels_follow_the_reference_on_whole_models(case, tmp_path, quant):
 
 
 @pytest.mark.parametrize("quant", ["f32", "int8", "int4"])
-def test_one_call_decode_equals_op_by_op(case, tmp_path, quant):
-    """A decoded token runs as one kernel call (ops.decode); prefill runs op by op. Both use the same
-    kernels in the same order, so every level gives the same logits bit for bit, conv state and KV
-    cache included (checked by decoding on from each)."""
+def test_tape_equals_op_by_op(case, tmp_path, quant):
+    """A decoded token runs as the model's tape (its forward recorded once, ops.record) in one kernel
+    call; prefill runs the forward op by op. Both make the same kernel calls in the same order, so
+    every level gives the same logits bit for bit, conv state and KV cache included (checked by
+    decoding on from each); so does the tape run op by op from Python (Tape.run_ops)."""
     hf_dir, model, ids = case
     m = load(convert(hf_dir, tmp_path / quant, quant=quant, chat=False))
     for level in [lv for lv in ops.supported() if lv != "ref"]:
@@ -121,13 +122,54 @@ def test_one_call_decode_equals_op_by_op(case, tmp_path, quant):
             m.forward(ids[:9])
             start = m.snapshot()
             runs = []
-            for fused in (True, False):
+            for taped in (True, False):
                 m.restore(start)
-                m.net.fused = fused
+                m.net.use_tape = taped
                 runs.append(np.concatenate([m.forward(ids[i:i + 1]) for i in range(9, len(ids))]))
-            m.net.fused = True
-        assert np.array_equal(runs[0], runs[1]), level
-        assert m.n_past == len(ids)
+            m.net.use_tape = True
+            assert m.n_past == len(ids)
+            m.restore(start)
+            runs.append(np.concatenate([m.net.tape.run_ops([t], [0], [i], [m.cache]) for i, t in
+                                        enumerate(ids[9:], 9)]))
+        assert np.array_equal(runs[0], runs[1]) and np.array_equal(runs[0], runs[2]), level
+
+
+@pytest.mark.parametrize("quant", ["f32", "int4"])
+def test_tape_runs_tokens_of_several_sequences(case, tmp_path, quant):
+    """One tape call over T tokens, each of its own sequence at its own position with its own
+    caches (two tokens of sequence 0 in a row, as speculative verification will feed them), gives
+    each token the logits it gets alone (the C tape and the Python one), and leaves each
+    sequence's caches as decoding alone does."""
+    hf_dir, model, ids = case
+    m = load(convert(hf_dir, tmp_path / quant, quant=quant, chat=False))
+    net = m.net
+    prompts = [ids[:5], ids[5:12], ids[12:15]]
+    seqs, positions = [0, 1, 0, 2], [5, 7, 6, 3]
+    tokens = [int(t) for t in ids[15:19]]
+    for level in ("ref", "scalar", ops.supported()[-1]):
+        with ops.use(level):
+            def prefilled():
+                caches = [net.make_cache(64) for _ in prompts]
+                for c, p in zip(caches, prompts, strict=True):
+                    net.definition(p, c, 0)
+                return caches
+            alone, want = prefilled(), []
+            for t, s, p in zip(tokens, seqs, positions, strict=True):
+                want.append(net.definition(np.array([t]), alone[s], p))
+            want = np.concatenate(want)
+            tape = ops.record(net.definition, alone[0])
+            for run in (tape.run, tape.run_ops):
+                together = prefilled()
+                got = run(tokens, seqs, positions, together)
+                np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * np.abs(want).max(), err_msg=level)
+                for a, b in zip(alone, together, strict=True):
+                    for ca, cb in zip(a, b, strict=True):
+                        if hasattr(ca, "kt"):
+                            assert ca.length == cb.length
+                            tol = 2e-3 if ca.v.dtype == np.float16 else 1e-5  # an f16 ulp
+                            np.testing.assert_allclose(cb.v[:, :ca.length], ca.v[:, :ca.length], rtol=tol, atol=tol)
+                        else:
+                            np.testing.assert_allclose(cb.state, ca.state, rtol=1e-5, atol=1e-5)
 
 
 def test_quantization_error_on_random_weights(tmp_path):

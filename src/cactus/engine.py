@@ -1,4 +1,5 @@
-"""A loaded model and its session state: `load(path) -> Model`, then `forward` continues the
+"""The engine: a model's weights, its network (models.<arch>.Model) and one sequence's caches.
+`load(path) -> Engine`, then `forward` continues the
 session (KV cache for attention layers, conv state for conv layers), `reset` clears it, and
 `snapshot`/`restore` return to an earlier point (the conv state cannot be rolled back otherwise),
 or, detached, to another conversation's.
@@ -35,7 +36,7 @@ class Snapshot:
         return size(self.states)
 
 
-class Model:
+class Engine:
     def __init__(self, path: str | Path, max_context: int | None = None):
         self.path = Path(path)
         self.weights = WeightDir(self.path)
@@ -79,9 +80,12 @@ class Model:
         self.n_past = snap.n_past
 
 
-def load(path: str | Path, max_context: int | None = None) -> Model:
+def load(path: str | Path, max_context: int | None = None) -> Engine:
     """Open a converted model directory (see docs/FORMAT.md)."""
-    return Model(path, max_context)
+    return Engine(path, max_context)
 
 
-__all__ = ["Model", "Snapshot", "load", "ContextError", "ConfigError", "WeightError"]
+Model = Engine  # the former name
+
+
+__all__ = ["Engine", "Model", "Snapshot", "load", "ContextError", "ConfigError", "WeightError"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -274,25 +275,35 @@ def _f32(x: np.ndarray) -> np.ndarray:
 
 
 # ============================================================================ the ops
+# Each op runs its kernel (or its reference on the 'ref' level); given a Value (the forward being
+# recorded, see `record`) it appends itself to the tape instead.
 
 def rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    if isinstance(x, Value):
+        return x.tape.emit("rmsnorm", x.shape, (x,), vecs=(w,), ints=(x.shape[-1],), floats=(eps,))
     k = _lib()
     return rmsnorm_ref(x, w, eps) if k is None else k.rmsnorm(_f32(x), w, eps)
 
 
 def linear(x: np.ndarray, w: QTensor) -> np.ndarray:
     """y (T, N) = x (T, K) @ W^T. Quantized weights: int8 activations per group (qlinear_spec)."""
+    if isinstance(x, Value):
+        return x.tape.emit("linear", (1, w.shape[0]), (x,), weights=(w,))
     k = _lib()
     return linear_ref(x, w) if k is None else k.linear(_f32(x), _weight(w), 0)
 
 
 def embed(ids: np.ndarray, w: QTensor) -> np.ndarray:
+    if isinstance(ids, Value):
+        return ids.tape.emit("embed", (1, w.shape[-1]), (), weights=(w,))
     k = _lib()
     return embed_ref(ids, w) if k is None else k.embed(np.ascontiguousarray(ids, np.int64), _weight(w))
 
 
 def rope(x: np.ndarray, start: int, theta: float) -> np.ndarray:
     """x (T, H, hd) rotated for positions start.. (the kernel rotates x in place and returns it)."""
+    if isinstance(x, Value):  # each token at its own position
+        return x.tape.emit("rope", x.shape, (x,), ints=(x.shape[-1],), floats=(theta,))
     k = _lib()
     if k is None:
         return rope_ref(x, start, theta)
@@ -302,6 +313,8 @@ def rope(x: np.ndarray, start: int, theta: float) -> np.ndarray:
 
 
 def conv_gate(bcx: np.ndarray, state: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    if isinstance(bcx, Value):  # each token's own sequence's state
+        return bcx.tape.emit("conv_gate", (1, w.shape[0]), (bcx,), layer=state.layer, vecs=(w, b))
     k = _lib()
     return conv_gate_ref(bcx, state, w, b) if k is None else k.conv_gate(_f32(bcx), state, w, b)
 
@@ -312,6 +325,8 @@ def silu_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def swiglu(x: np.ndarray, w1: QTensor, w3: QTensor, w2: QTensor) -> np.ndarray:
+    if isinstance(x, Value):
+        return x.tape.emit("swiglu", x.shape, (x,), weights=(w1, w3, w2))
     k = _lib()
     if k is None:
         return swiglu_ref(x, w1, w3, w2)
@@ -335,6 +350,9 @@ def moe_experts(x: np.ndarray, idx: np.ndarray, wts: np.ndarray, w1: QTensor, w3
 
 def moe(x: np.ndarray, gate: QTensor, bias: np.ndarray | None, w1: QTensor, w3: QTensor, w2: QTensor,
         k: int, norm_topk: bool, scale: float) -> np.ndarray:
+    if isinstance(x, Value):
+        return x.tape.emit("moe", x.shape, (x,), weights=(gate, w1, w3, w2), vecs=(bias,),
+                           ints=(k, int(bool(norm_topk))), floats=(scale,))
     kk = _lib()
     if kk is None:
         return moe_ref(x, gate, bias, w1, w3, w2, k, norm_topk, scale)
@@ -344,6 +362,9 @@ def moe(x: np.ndarray, gate: QTensor, bias: np.ndarray | None, w1: QTensor, w3: 
 
 
 def kv_store(kt: np.ndarray, v: np.ndarray, k_new: np.ndarray, v_new: np.ndarray, pos: int) -> None:
+    if isinstance(k_new, Value):  # each token at its own position of its own sequence's cache
+        k_new.tape.emit("kv_store", None, (k_new, v_new), layer=kt.layer, ints=k_new.shape[1:])
+        return
     k = _lib()
     if k is None:
         kv_store_ref(kt, v, k_new, v_new, pos)
@@ -353,34 +374,215 @@ def kv_store(kt: np.ndarray, v: np.ndarray, k_new: np.ndarray, v_new: np.ndarray
 
 def cache_attention(q: np.ndarray, kt: np.ndarray, v: np.ndarray, start: int) -> np.ndarray:
     """Causal attention of q (T, H, hd) at positions start.. over the cache (kv_store's layout)."""
+    if isinstance(q, Value):  # each token over its own sequence's positions up to its own
+        return q.tape.emit("attention", q.shape, (q,), layer=kt.layer, ints=(q.shape[1], kt.n_kv_heads, q.shape[2]),
+                           floats=(q.shape[-1] ** -0.5,))
     k = _lib()
     if k is None:
         return cache_attention_ref(q, kt, v, start)
     return k.attention(_f32(q), kt, v, start, q.shape[-1] ** -0.5)
 
 
-# ============================================================================ whole-token decode
+# ============================================================================ the tape
+# The forward recorded once as a flat list of the ops above (`record`), then run for T tokens at a
+# time by one C call (_kernels/tape.c) with the GIL released. Each token has its own sequence and
+# position (data, not structure): rope, kv_store, attention and conv_gate use the token's position
+# and its sequence's caches, every other op runs on the (T, width) rows of all tokens at once.
 
-def decoder(layers: list[tuple], embed: QTensor, norm: np.ndarray, head: QTensor, eps: float):
-    """The C plan of one-token decode (`_kernels.Decoder`), or None on the 'ref' level. layers: per
-    layer (op, ffn, operator_norm, ffn_norm) with op ("conv", in_proj, out_proj, conv_w, conv_b, in_b,
-    out_b) or ("attention", q, k, v, o, q_norm, k_norm, H, Hkv, hd, theta), and ffn ("swiglu", w1, w3,
-    w2) or ("moe", gate, expert_bias, w1, w3, w2, top_k, norm_topk, scale); QTensors for weights."""
-    k = _lib()
-    if k is None:
-        return None
-
-    def handles(spec: tuple) -> tuple:
-        return tuple(_weight(v) if isinstance(v, QTensor) else v for v in spec)
-
-    plan = tuple((handles(op), handles(ffn), on, fn) for op, ffn, on, fn in layers)
-    return k.Decoder(plan, _weight(embed), norm, _weight(head), eps)
+TAPE_OPS = ("embed", "rmsnorm", "linear", "bias", "add", "rope", "kv_store", "attention", "conv_gate", "swiglu",
+            "moe")
 
 
-def decode(plan, token: int, pos: int, states: tuple) -> np.ndarray:
-    """logits (1, vocab) of one token at position pos, all layers in one kernel call; states per
-    layer: the conv state, or (kt, v) of the KV cache (position pos is written)."""
-    return _lib().decode(plan, token, pos, states)
+class Value:
+    """A value of the forward while it is recorded: per token a row of shape[1:] f32 (shape[0] is
+    the token axis, 1 while recording). Supports what a forward does with arrays: +, reshape."""
+
+    __slots__ = ("tape", "id", "shape")
+    __array_ufunc__ = None  # ndarray + Value -> Value.__radd__
+
+    def __init__(self, tape: Tape, id_: int, shape: tuple[int, ...]):
+        self.tape, self.id, self.shape = tape, id_, tuple(shape)
+
+    @property
+    def width(self) -> int:
+        """Floats per token."""
+        return int(np.prod(self.shape[1:]))
+
+    def reshape(self, *shape) -> Value:
+        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        known = int(np.prod([d for d in shape[1:] if d != -1]))
+        new = (1, *(self.width // max(known, 1) if d == -1 else d for d in shape[1:]))
+        if shape[0] not in (1, -1) or int(np.prod(new[1:])) != self.width:
+            raise ValueError(f"cannot reshape {self.shape} to {tuple(shape)} (one token per row)")
+        return Value(self.tape, self.id, new)
+
+    def __add__(self, other) -> Value:
+        if isinstance(other, Value):
+            return self.tape.emit("add", self.shape, (self, other))
+        return self.tape.emit("bias", self.shape, (self,), vecs=(np.asarray(other, np.float32),))
+
+    __radd__ = __add__
+
+
+class KVRef:
+    """Layer `layer`'s KV cache while the forward is recorded (KVCache.recorded): at run time,
+    the cache of each token's sequence, at that token's position."""
+
+    def __init__(self, layer: int, n_kv_heads: int):
+        self.layer, self.n_kv_heads = layer, n_kv_heads
+        self.kt = self.v = self
+        self.length = None  # positions are per token
+
+    def append(self, k: Value, v: Value) -> None:
+        kv_store(self, self, k, v, None)
+
+
+class ConvRef:
+    """Layer `layer`'s conv state while the forward is recorded (ConvCache.recorded)."""
+
+    def __init__(self, layer: int):
+        self.layer = layer
+        self.state = self
+
+
+@dataclass(frozen=True)
+class TapeOp:
+    """One recorded op: value ids in and out (-1: none), the cache layer it reads or writes (-1),
+    then its weights (QTensors), float vectors (None for an absent bias), ints and floats, in
+    the order docs/ARCHITECTURE.md and tape.h list per op."""
+
+    name: str
+    out: int
+    ins: tuple[int, ...]
+    layer: int
+    weights: tuple
+    vecs: tuple
+    ints: tuple[int, ...]
+    floats: tuple[float, ...]
+
+
+class Tape:
+    """A recorded forward: `ops` in order over values 0..n-1, `out` the logits. `run` executes it
+    for T tokens (token t of sequence seqs[t] at positions[t]; caches[s] the per-layer caches of
+    sequence s) in one kernel call; `run_ops` executes it op by op with the functions above (the
+    numpy references on the 'ref' level), the definition the C interpreter is held to."""
+
+    def __init__(self):
+        self.ops: list[TapeOp] = []
+        self.widths: list[int] = []  # floats per token of each value
+        self.out = -1
+        self._kernel = None
+
+    def value(self, shape: tuple[int, ...]) -> Value:
+        self.widths.append(int(np.prod(shape[1:])))
+        return Value(self, len(self.widths) - 1, shape)
+
+    def emit(self, name: str, shape: tuple[int, ...] | None, ins: tuple[Value, ...], layer: int = -1,
+             weights: tuple = (), vecs: tuple = (), ints: tuple = (), floats: tuple = ()) -> Value | None:
+        out = None if shape is None else self.value((1, *shape[1:]))
+        self.ops.append(TapeOp(name, -1 if out is None else out.id, tuple(v.id for v in ins), layer, tuple(weights),
+                               tuple(vecs), tuple(int(i) for i in ints), tuple(float(f) for f in floats)))
+        return out
+
+    # ------------------------------------------------------------------ running
+
+    def run(self, ids, seqs, positions, caches: list[list]) -> np.ndarray:
+        """logits (T, vocab): token ids[t] of sequence seqs[t] at positions[t]; caches[s] is
+        sequence s's per-layer caches (make_cache), written at each token's position."""
+        k = _lib()
+        if k is None:
+            return self.run_ops(ids, seqs, positions, caches)
+        if self._kernel is None:
+            self._kernel = self._compile(k)
+        ids = np.ascontiguousarray(ids, np.int64)
+        seqs = np.ascontiguousarray(seqs, np.int64)
+        positions = np.ascontiguousarray(positions, np.int64)
+        states = tuple(tuple(c.tape_state() for c in cache) for cache in caches)
+        logits = self._kernel.run(ids, seqs, positions, states)
+        for s, p in zip(seqs.tolist(), positions.tolist(), strict=True):
+            for c in caches[s]:
+                c.advance(p)
+        return logits
+
+    def _compile(self, k):
+        """The C tape: values packed into slots (T rows of one width), a slot reused by a value of
+        its width once its value is dead; the logits keep their own."""
+        last = {}
+        for i, op in enumerate(self.ops):
+            for v in op.ins:
+                last[v] = i
+        slot_of, widths, free = {}, [], {}  # free: width -> slots
+        for i, op in enumerate(self.ops):
+            if op.out >= 0:
+                width = self.widths[op.out]
+                if op.out != self.out and free.get(width):
+                    s = free[width].pop()
+                else:
+                    s = len(widths)
+                    widths.append(width)
+                slot_of[op.out] = s
+            for v in dict.fromkeys(op.ins):
+                if last[v] == i and v != self.out:
+                    free.setdefault(widths[slot_of[v]], []).append(slot_of[v])
+        code = tuple((op.name, slot_of.get(op.out, -1), tuple(slot_of[v] for v in op.ins), op.layer,
+                      tuple(_weight(w) for w in op.weights), op.vecs, op.ints, op.floats) for op in self.ops)
+        return k.Tape(code, tuple(widths), slot_of[self.out])
+
+    def run_ops(self, ids, seqs, positions, caches: list[list]) -> np.ndarray:
+        """`run`, op by op in Python: each op on all T rows, or token by token where it is positional."""
+        T = len(ids)
+        val: dict[int, np.ndarray] = {}
+        for op in self.ops:
+            x = [val[v] for v in op.ins]
+            w, vec, n = op.weights, op.vecs, op.ints
+            r = None
+            if op.name == "embed":
+                r = embed(np.asarray(ids, np.int64), w[0])
+            elif op.name == "rmsnorm":
+                r = rmsnorm(x[0].reshape(T, -1, n[0]), vec[0], op.floats[0]).reshape(T, -1)
+            elif op.name == "linear":
+                r = linear(x[0], w[0])
+            elif op.name in ("bias", "add"):
+                r = x[0] + (vec[0] if op.name == "bias" else x[1])
+            elif op.name == "swiglu":
+                r = swiglu(x[0], *w)
+            elif op.name == "moe":
+                r = moe(x[0], w[0], vec[0], *w[1:], n[0], bool(n[1]), op.floats[0])
+            else:
+                rows = []
+                for t in range(T):
+                    c, p = caches[int(seqs[t])][op.layer] if op.layer >= 0 else None, int(positions[t])
+                    xt = [a[t:t + 1] for a in x]
+                    if op.name == "rope":
+                        rows.append(rope(xt[0].reshape(1, -1, n[0]).copy(), p, op.floats[0]).reshape(1, -1))
+                    elif op.name == "kv_store":
+                        kv_store(c.kt, c.v, xt[0].reshape(1, *n), xt[1].reshape(1, *n), p)
+                    elif op.name == "attention":
+                        q = xt[0].reshape(1, n[0], n[2])
+                        rows.append(cache_attention(q, c.kt, c.v, p).reshape(1, -1))
+                    elif op.name == "conv_gate":
+                        rows.append(conv_gate(xt[0], c.state, vec[0], vec[1]))
+                    else:
+                        raise ValueError(f"unknown tape op {op.name!r}")
+                r = np.concatenate(rows) if rows else None
+            if op.out >= 0:
+                val[op.out] = np.ascontiguousarray(r, np.float32).reshape(T, -1)
+        for s, p in zip(np.asarray(seqs).tolist(), np.asarray(positions).tolist(), strict=True):
+            for c in caches[s]:
+                c.advance(p)
+        return val[self.out]
+
+
+def record(forward, caches: list) -> Tape:
+    """The tape of `forward(ids, caches, pos) -> logits` for one token, run once against
+    stand-ins: ids and every value are Values, caches[i].recorded(i) the caches, positions per token."""
+    tape = Tape()
+    ids = Value(tape, -1, (1,))
+    out = forward(ids, [c.recorded(i) for i, c in enumerate(caches)], None)
+    if not isinstance(out, Value):
+        raise TypeError("the recorded forward must return a value computed by ops")
+    tape.out = out.id
+    return tape
 
 
 # The plain names of the definitions, for callers that hold k, v themselves.

@@ -13,7 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "step.h"
+#include "tape.h"
 
 static Ctx ctx;
 static Arena arena = {NULL, 0, ATOMIC_FLAG_INIT};
@@ -448,266 +448,216 @@ static PyObject *py_embed(PyObject *self, PyObject *const *args, Py_ssize_t narg
     return (PyObject *)out;
 }
 
-/* ------------------------------------------------------------------ whole-token decode (step.c) */
+/* ------------------------------------------------------------------ the tape (tape.c) */
 
 typedef struct {
     PyObject_HEAD
-    StepModel m;
-    StepLayer *layers;
-    int64_t vocab;
-    PyObject *refs;  /* every object the plan points into, kept alive with it */
-} DecoderObject;
+    Tape t;
+    TapeOp *ops;
+    int64_t *width;
+    TapeLayer *layers;
+    PyObject *refs;  /* every object the ops point into, kept alive with them */
+} TapeObject;
 
-static void Decoder_dealloc(DecoderObject *self) {
+static void Tape_dealloc(TapeObject *self) {
+    free(self->ops);
+    free(self->width);
     free(self->layers);
     Py_XDECREF(self->refs);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* Plan checks: each returns NULL / 0 with the error set, naming the layer. Items are kept in refs. */
-static PyObject *item(PyObject *tup, Py_ssize_t i, PyObject *refs) {
-    PyObject *o = PyTuple_GET_ITEM(tup, i);
-    return PyList_Append(refs, o) ? NULL : o;
-}
-
-static const QMat *plan_weight(PyObject *tup, Py_ssize_t i, PyObject *refs, int64_t n, int64_t k, const char *name,
-                               int64_t layer) {
-    PyObject *o = item(tup, i, refs);
-    if (!o) return NULL;
-    WeightObject *w = weight(o, name);
-    if (!w) return NULL;
-    if (w->s.e != 1 || (n >= 0 && w->s.m.n != n) || w->s.m.k != k) {
-        PyErr_Format(PyExc_ValueError, "decoder layer %lld: %s must be (%lld, %lld)", (long long)layer, name,
-                     (long long)n, (long long)k);
-        return NULL;
+/* a tuple of at most n items of o, each checked by fn(item, k) (None passed to it as NULL) */
+static int items(PyObject *o, Py_ssize_t n, const char *what, Py_ssize_t j, PyObject *refs, void *dst,
+                 int (*fn)(PyObject *, Py_ssize_t, void *, PyObject *)) {
+    if (!PyTuple_Check(o) || PyTuple_GET_SIZE(o) > n) {
+        PyErr_Format(PyExc_ValueError, "tape op %zd: %s must be a tuple of at most %zd", j, what, n);
+        return 0;
     }
-    return &w->s.m;
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(o); k++) {
+        PyObject *x = PyTuple_GET_ITEM(o, k);
+        if (PyList_Append(refs, x) || !fn(x == Py_None ? NULL : x, k, dst, refs)) return 0;
+    }
+    return 1;
 }
 
-/* *out = a float32 array of n rows (ndim 1 or 2; *cols gets its last dim), or NULL for None if optional */
-static int plan_vec(const float **out, PyObject *tup, Py_ssize_t i, PyObject *refs, int64_t n, int ndim,
-                    const char *name, int64_t layer, int optional, int64_t *cols) {
-    PyObject *o = item(tup, i, refs);
-    *out = NULL;
-    if (!o) return 0;
-    if (o == Py_None && optional) return 1;
-    PyArrayObject *a = arr(o, name, NPY_FLOAT32, ndim);
+static int item_weight(PyObject *o, Py_ssize_t k, void *dst, PyObject *refs) {
+    WeightObject *w = o ? weight(o, "tape weight") : NULL;
+    ((TapeOp *)dst)->w[k] = w ? &w->s : NULL;
+    return w != NULL;
+}
+
+static int item_vec(PyObject *o, Py_ssize_t k, void *dst, PyObject *refs) {
+    TapeOp *op = dst;
+    if (!o) return 1;
+    PyArrayObject *a = arr(o, "tape vector", NPY_FLOAT32, -1);
     if (!a) return 0;
-    if (PyArray_DIM(a, 0) != n || (ndim == 2 && PyArray_DIM(a, 1) < 1)) {
-        PyErr_Format(PyExc_ValueError, "decoder layer %lld: %s must have %lld rows", (long long)layer, name, (long long)n);
-        return 0;
-    }
-    if (cols) *cols = PyArray_DIM(a, ndim - 1);
-    *out = PyArray_DATA(a);
+    op->v[k] = PyArray_DATA(a);
+    op->vn[k] = PyArray_SIZE(a);
     return 1;
 }
 
-static int plan_int(PyObject *tup, Py_ssize_t i, int64_t *out) {
-    long long v = PyLong_AsLongLong(PyTuple_GET_ITEM(tup, i));
+static int item_int(PyObject *o, Py_ssize_t k, void *dst, PyObject *refs) {
+    long long v = o ? PyLong_AsLongLong(o) : -1;
+    ((TapeOp *)dst)->i[k] = v;
+    return o && !(v == -1 && PyErr_Occurred());
+}
+
+static int item_float(PyObject *o, Py_ssize_t k, void *dst, PyObject *refs) {
+    double v = o ? PyFloat_AsDouble(o) : -1.0;
+    ((TapeOp *)dst)->f[k] = (float)v;
+    return o && !PyErr_Occurred();
+}
+
+static int small_int(PyObject *o, int32_t *out, int64_t lo, int64_t hi, const char *what, Py_ssize_t j) {
+    long long v = PyLong_AsLongLong(o);
     if (v == -1 && PyErr_Occurred()) return 0;
-    *out = v;
+    if (v < lo || v >= hi) { PyErr_Format(PyExc_ValueError, "tape op %zd: %s %lld out of range", j, what, v); return 0; }
+    *out = (int32_t)v;
     return 1;
 }
 
-static int tagged(PyObject *o, const char *a, const char *b, Py_ssize_t na, Py_ssize_t nb, int64_t layer) {
-    if (PyTuple_Check(o) && PyTuple_GET_SIZE(o) > 0 && PyUnicode_Check(PyTuple_GET_ITEM(o, 0))) {
-        const char *tag = PyUnicode_AsUTF8(PyTuple_GET_ITEM(o, 0));
-        if (tag && !strcmp(tag, a) && PyTuple_GET_SIZE(o) == na) return 0;
-        if (tag && !strcmp(tag, b) && PyTuple_GET_SIZE(o) == nb) return 1;
-    }
-    PyErr_Format(PyExc_ValueError, "decoder layer %lld: expected a ('%s', ...%zd items) or ('%s', ...%zd items) tuple",
-                 (long long)layer, a, na, b, nb);
-    return -1;
-}
-
-static int plan_op(StepLayer *l, PyObject *op, PyObject *refs, int64_t D, int64_t *scratch, int64_t i) {
-    const int at = tagged(op, "conv", "attention", 7, 11, i);
-    if (at < 0) return 0;
-    l->attention = at;
-    if (!at) {  /* ("conv", in_proj, out_proj, conv_w (D, L), conv_b, in_b, out_b) */
-        if (!(l->in_proj = plan_weight(op, 1, refs, 3 * D, D, "in_proj", i)) ||
-            !(l->out_proj = plan_weight(op, 2, refs, D, D, "out_proj", i)) ||
-            !plan_vec(&l->conv_w, op, 3, refs, D, 2, "conv weight", i, 0, &l->L) ||
-            !plan_vec(&l->conv_b, op, 4, refs, D, 1, "conv bias", i, 1, NULL) ||
-            !plan_vec(&l->in_b, op, 5, refs, 3 * D, 1, "in_proj bias", i, 1, NULL) ||
-            !plan_vec(&l->out_b, op, 6, refs, D, 1, "out_proj bias", i, 1, NULL))
-            return 0;
-        if (3 * D > *scratch) *scratch = 3 * D;
-        return 1;
-    }
-    /* ("attention", q, k, v, o, q_norm, k_norm, H, Hkv, hd, theta) */
-    int64_t hd;
-    if (!plan_int(op, 7, &l->H) || !plan_int(op, 8, &l->Hkv) || !plan_int(op, 9, &hd)) return 0;
-    l->hd = hd;
-    double theta = PyFloat_AsDouble(PyTuple_GET_ITEM(op, 10));
-    if (PyErr_Occurred()) return 0;
-    if (l->H < 1 || l->Hkv < 1 || l->H % l->Hkv || hd < 2 || hd % 2 || hd > 1024) {
-        PyErr_Format(PyExc_ValueError, "decoder layer %lld: %lld heads over %lld KV heads of dim %lld", (long long)i,
-                     (long long)l->H, (long long)l->Hkv, (long long)hd);
-        return 0;
-    }
-    if (!(l->q = plan_weight(op, 1, refs, l->H * hd, D, "q_proj", i)) ||
-        !(l->k = plan_weight(op, 2, refs, l->Hkv * hd, D, "k_proj", i)) ||
-        !(l->v = plan_weight(op, 3, refs, l->Hkv * hd, D, "v_proj", i)) ||
-        !(l->o = plan_weight(op, 4, refs, D, l->H * hd, "out_proj", i)) ||
-        !plan_vec(&l->q_norm, op, 5, refs, hd, 1, "q_layernorm", i, 0, NULL) ||
-        !plan_vec(&l->k_norm, op, 6, refs, hd, 1, "k_layernorm", i, 0, NULL))
-        return 0;
-    l->theta = (float)theta;
-    l->attn_scale = (float)pow((double)hd, -0.5);  /* as ops.cache_attention: head_dim ** -0.5 */
-    if (l->H * hd > *scratch) *scratch = l->H * hd;
-    return 1;
-}
-
-static int plan_ffn(StepLayer *l, PyObject *f, PyObject *refs, int64_t D, int64_t *scratch, int64_t i) {
-    const int moe = tagged(f, "swiglu", "moe", 4, 9, i);
-    if (moe < 0) return 0;
-    l->moe = moe;
-    const Py_ssize_t at = moe ? 3 : 1;  /* the expert weights (w1, w3, w2) */
-    WeightObject *w[3];
-    for (int j = 0; j < 3; j++) {
-        PyObject *o = item(f, at + j, refs);
-        if (!o || !(w[j] = weight(o, j == 0 ? "w1" : j == 1 ? "w3" : "w2"))) return 0;
-    }
-    if (!ffn_weights(w[0], w[1], w[2], D, !moe, moe ? "decoder moe" : "decoder swiglu")) return 0;
-    if (!moe) {  /* ("swiglu", w1, w3, w2) */
-        l->w1 = &w[0]->s.m; l->w3 = &w[1]->s.m; l->w2 = &w[2]->s.m;
-        return 1;
-    }
-    /* ("moe", gate (E, D), expert_bias (E) or None, w1, w3, w2, top_k, norm_topk, scale) */
-    const int64_t E = w[0]->s.e;
-    int64_t k;
-    if (!(l->gate = plan_weight(f, 1, refs, E, D, "gate", i)) ||
-        !plan_vec(&l->expert_bias, f, 2, refs, E, 1, "expert_bias", i, 1, NULL) || !plan_int(f, 6, &k))
-        return 0;
-    int norm = PyObject_IsTrue(PyTuple_GET_ITEM(f, 7));
-    double scale = PyFloat_AsDouble(PyTuple_GET_ITEM(f, 8));
-    if (norm < 0 || PyErr_Occurred()) return 0;
-    if (k < 1 || k > E || k > STEP_MAX_TOPK || E > 1024) {
-        PyErr_Format(PyExc_ValueError, "decoder layer %lld: need 1 <= top_k <= E <= 1024 and top_k <= %d", (long long)i,
-                     STEP_MAX_TOPK);
-        return 0;
-    }
-    l->e1 = &w[0]->s; l->e3 = &w[1]->s; l->e2 = &w[2]->s;
-    l->top_k = k; l->norm_topk = norm; l->route_scale = (float)scale;
-    if (E > *scratch) *scratch = E;
-    return 1;
-}
-
-/* Decoder(layers, embed, norm, head, eps). layers: one (op, ffn, operator_norm, ffn_norm) per layer,
- * op ("conv", in_proj, out_proj, conv_w, conv_b, in_b, out_b) or ("attention", q, k, v, o, q_norm,
- * k_norm, H, Hkv, hd, theta); ffn ("swiglu", w1, w3, w2) or ("moe", gate, expert_bias, w1, w3, w2,
- * top_k, norm_topk, scale). Weights are Weight objects; None for an absent bias. */
-static int Decoder_init(DecoderObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"layers", "embed", "norm", "head", "eps", NULL};
-    PyObject *layers, *embed, *norm, *head;
-    double eps;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!OOOd", kwlist, &PyTuple_Type, &layers, &embed, &norm, &head, &eps))
+/* Tape(ops, widths, out): ops a tuple of (name, out, ins, layer, weights, vecs, ints, floats), as
+ * ops.Tape records them (tape.h says what each op reads); widths the floats per token of each slot;
+ * out the logits' slot. Checked once here (tape_check). */
+static int Tape_init(TapeObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"ops", "widths", "out", NULL};
+    PyObject *ops, *widths;
+    long out;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!l", kwlist, &PyTuple_Type, &ops, &PyTuple_Type, &widths, &out))
         return -1;
     PyObject *refs = PyList_New(0);
     if (!refs) return -1;
     Py_XSETREF(self->refs, refs);
-    free(self->layers);
-    self->layers = NULL;
-    const Py_ssize_t n = PyTuple_GET_SIZE(layers);
-    WeightObject *we = weight(embed, "embed"), *wh = weight(head, "head");
-    if (!we || !wh || PyList_Append(refs, embed) || PyList_Append(refs, head)) return -1;
-    const int64_t D = we->s.m.k;
-    PyObject *top = PyTuple_Pack(1, norm);
-    const float *nw = NULL;
-    const int ok = top && plan_vec(&nw, top, 0, refs, D, 1, "norm", -1, 0, NULL);
-    Py_XDECREF(top);
-    if (!ok) return -1;
-    if (we->s.e != 1 || wh->s.e != 1 || wh->s.m.k != D) {
-        PyErr_SetString(PyExc_ValueError, "decoder: embed (vocab, D) and head (vocab, D) must be 2-D with one D");
-        return -1;
+    free(self->ops); free(self->width); free(self->layers);
+    self->ops = NULL; self->width = NULL; self->layers = NULL;
+    memset(&self->t, 0, sizeof self->t);
+    const Py_ssize_t n = PyTuple_GET_SIZE(ops), ns = PyTuple_GET_SIZE(widths);
+    self->ops = calloc(n ? (size_t)n : 1, sizeof(TapeOp));
+    self->width = calloc(ns ? (size_t)ns : 1, sizeof(int64_t));
+    if (!self->ops || !self->width) { PyErr_NoMemory(); return -1; }
+    for (Py_ssize_t s = 0; s < ns; s++) {
+        long long w = PyLong_AsLongLong(PyTuple_GET_ITEM(widths, s));
+        if (w == -1 && PyErr_Occurred()) return -1;
+        if (w < 1) { PyErr_Format(PyExc_ValueError, "tape: slot %zd has width %lld", s, w); return -1; }
+        self->width[s] = w;
     }
-    self->layers = calloc(n ? (size_t)n : 1, sizeof(StepLayer));
-    if (!self->layers) { PyErr_NoMemory(); return -1; }
-    int64_t scratch = D;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *t = PyTuple_GET_ITEM(layers, i);
-        if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 4) {
-            PyErr_Format(PyExc_ValueError, "decoder layer %zd: expected (op, ffn, operator_norm, ffn_norm)", i);
+    int32_t max_layer = -1;
+    for (Py_ssize_t j = 0; j < n; j++) {
+        PyObject *o = PyTuple_GET_ITEM(ops, j);
+        TapeOp *op = &self->ops[j];
+        if (!PyTuple_Check(o) || PyTuple_GET_SIZE(o) != 8 || !PyUnicode_Check(PyTuple_GET_ITEM(o, 0))) {
+            PyErr_Format(PyExc_ValueError, "tape op %zd: expected (name, out, ins, layer, weights, vecs, ints, floats)", j);
             return -1;
         }
-        StepLayer *l = &self->layers[i];
-        if (!plan_op(l, PyTuple_GET_ITEM(t, 0), refs, D, &scratch, i) ||
-            !plan_ffn(l, PyTuple_GET_ITEM(t, 1), refs, D, &scratch, i) ||
-            !plan_vec(&l->op_norm, t, 2, refs, D, 1, "operator_norm", i, 0, NULL) ||
-            !plan_vec(&l->ffn_norm, t, 3, refs, D, 1, "ffn_norm", i, 0, NULL))
+        const char *name = PyUnicode_AsUTF8(PyTuple_GET_ITEM(o, 0));
+        if (!name) return -1;
+        op->code = -1;
+        for (int c = 0; c < TAPE_N_OPS; c++) if (!strcmp(name, TAPE_OP_NAMES[c])) op->code = c;
+        if (op->code < 0) { PyErr_Format(PyExc_ValueError, "tape op %zd: unknown op '%s'", j, name); return -1; }
+        PyObject *ins = PyTuple_GET_ITEM(o, 2);
+        op->in[0] = op->in[1] = -1;
+        if (!PyTuple_Check(ins) || PyTuple_GET_SIZE(ins) > 2) { PyErr_Format(PyExc_ValueError, "tape op %zd: ins must be a tuple of at most 2", j); return -1; }
+        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(ins); k++)
+            if (!small_int(PyTuple_GET_ITEM(ins, k), &op->in[k], 0, ns, "input slot", j)) return -1;
+        if (!small_int(PyTuple_GET_ITEM(o, 1), &op->out, -1, ns, "output slot", j) ||
+            !small_int(PyTuple_GET_ITEM(o, 3), &op->layer, -1, 1 << 20, "layer", j) ||
+            !items(PyTuple_GET_ITEM(o, 4), 4, "weights", j, refs, op, item_weight) ||
+            !items(PyTuple_GET_ITEM(o, 5), 2, "vecs", j, refs, op, item_vec) ||
+            !items(PyTuple_GET_ITEM(o, 6), 3, "ints", j, refs, op, item_int) ||
+            !items(PyTuple_GET_ITEM(o, 7), 1, "floats", j, refs, op, item_float))
             return -1;
+        if (op->layer > max_layer) max_layer = op->layer;
     }
-    self->m = (StepModel){.n = n, .D = D, .scratch = scratch, .eps = (float)eps, .layers = self->layers,
-                          .embed = &we->s.m, .head = &wh->s.m, .norm = nw};
-    self->vocab = wh->s.m.n;
+    self->layers = calloc((size_t)max_layer + 2, sizeof(TapeLayer));
+    if (!self->layers) { PyErr_NoMemory(); return -1; }
+    self->t = (Tape){.ops = self->ops, .n_ops = n, .n_slots = ns, .width = self->width, .layers = self->layers,
+                     .n_layers = max_layer + 1};
+    if (out < 0 || out >= ns) { PyErr_Format(PyExc_ValueError, "tape: output slot %ld out of range", out); return -1; }
+    self->t.out = (int32_t)out;
+    char err[256];
+    if (tape_check(&self->t, err, sizeof err)) {
+        PyErr_SetString(PyExc_ValueError, err);
+        self->t.n_ops = 0;
+        return -1;
+    }
     return 0;
 }
 
-static PyTypeObject DecoderType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "cactus._kernels.Decoder",
-    .tp_doc = "Decoder(layers, embed, norm, head, eps): a model's plan for decode(), checked once.",
-    .tp_basicsize = sizeof(DecoderObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)Decoder_init,
-    .tp_dealloc = (destructor)Decoder_dealloc,
-};
-
-/* decode(plan, token, pos, states) -> logits (1, vocab). states: per layer, the conv state
- * (L-1, D) f32, or (kt, v) of the KV cache; both are updated (position pos written). */
-static PyObject *py_decode(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    NARGS(4, "decode");
-    if (!PyObject_TypeCheck(args[0], &DecoderType)) return PyErr_Format(PyExc_TypeError, "decode: expected a Decoder");
-    DecoderObject *d = (DecoderObject *)args[0];
-    const StepModel *m = &d->m;
-    if (!m->layers) return PyErr_Format(PyExc_ValueError, "decode: the Decoder was not initialised");
-    long long token = PyLong_AsLongLong(args[1]), pos = PyLong_AsLongLong(args[2]);
-    if (PyErr_Occurred()) return NULL;
-    if (token < 0 || token >= m->embed->n) return PyErr_Format(PyExc_IndexError, "decode: id %lld out of range [0, %lld)", token, (long long)m->embed->n);
-    if (pos < 0) return PyErr_Format(PyExc_ValueError, "decode: negative position");
-    if (!PyTuple_Check(args[3]) || PyTuple_GET_SIZE(args[3]) != m->n)
-        return PyErr_Format(PyExc_ValueError, "decode: states must be a tuple of %lld layer caches", (long long)m->n);
-    StepCache *caches = calloc(m->n ? (size_t)m->n : 1, sizeof(StepCache));
+/* Tape.run(ids (T,) int64, seqs (T,) int64, positions (T,) int64, states) -> logits (T, vocab).
+ * states: per sequence a tuple of its layers' caches, a conv state (L-1, D) f32 or (kt, v); both
+ * are updated at each token's position (writes are checked against each cache's capacity). */
+static PyObject *Tape_run(TapeObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    NARGS(4, "run");
+    const Tape *t = &self->t;
+    if (!t->n_ops) return PyErr_Format(PyExc_ValueError, "run: the Tape was not initialised");
+    PyArrayObject *ids = arr(args[0], "ids", NPY_INT64, 1), *seq = arr(args[1], "seqs", NPY_INT64, 1),
+                  *pos = arr(args[2], "positions", NPY_INT64, 1);
+    if (!ids || !seq || !pos) return NULL;
+    const int64_t T = PyArray_DIM(ids, 0);
+    if (T < 1 || PyArray_DIM(seq, 0) != T || PyArray_DIM(pos, 0) != T)
+        return PyErr_Format(PyExc_ValueError, "run: ids, seqs and positions must be (T,) with T >= 1");
+    if (!PyTuple_Check(args[3])) return PyErr_Format(PyExc_TypeError, "run: states must be a tuple per sequence");
+    const int64_t S = PyTuple_GET_SIZE(args[3]), NL = t->n_layers;
+    const int64_t *ip = PyArray_DATA(ids), *sp = PyArray_DATA(seq), *pp = PyArray_DATA(pos);
+    for (int64_t r = 0; r < T; r++) {
+        if (ip[r] < 0 || ip[r] >= t->vocab) return PyErr_Format(PyExc_IndexError, "run: id %lld out of range [0, %lld)", (long long)ip[r], (long long)t->vocab);
+        if (sp[r] < 0 || sp[r] >= S) return PyErr_Format(PyExc_IndexError, "run: sequence %lld out of range [0, %lld)", (long long)sp[r], (long long)S);
+        if (pp[r] < 0) return PyErr_Format(PyExc_ValueError, "run: negative position");
+    }
+    TapeCache *caches = calloc((size_t)(S * NL) + 1, sizeof(TapeCache));
     if (!caches) return nomem();
-    for (int64_t i = 0; i < m->n; i++) {
-        const StepLayer *l = &m->layers[i];
-        PyObject *o = PyTuple_GET_ITEM(args[3], i);
-        StepCache *c = &caches[i];
-        if (!l->attention) {
-            PyArrayObject *st = arr(o, "conv state", NPY_FLOAT32, 2);
-            if (!st || !writable(st, "conv state")) goto fail;
-            if (PyArray_DIM(st, 0) != l->L - 1 || PyArray_DIM(st, 1) != m->D) {
-                PyErr_Format(PyExc_ValueError, "decode: layer %lld conv state must be (%lld, %lld)", (long long)i, (long long)(l->L - 1), (long long)m->D);
+    for (int64_t s = 0; s < S; s++) {
+        PyObject *layers = PyTuple_GET_ITEM(args[3], s);
+        if (!PyTuple_Check(layers) || PyTuple_GET_SIZE(layers) < NL) {
+            PyErr_Format(PyExc_ValueError, "run: states must be a tuple of %lld layer caches", (long long)NL);
+            goto fail;
+        }
+        int64_t cap = -1;  /* the smallest KV capacity of this sequence */
+        for (int64_t l = 0; l < NL; l++) {
+            const TapeLayer *tl = &t->layers[l];
+            PyObject *o = PyTuple_GET_ITEM(layers, l);
+            TapeCache *c = &caches[s * NL + l];
+            if (tl->kind == 2) {
+                PyArrayObject *st = arr(o, "conv state", NPY_FLOAT32, 2);
+                if (!st || !writable(st, "conv state")) goto fail;
+                if (PyArray_DIM(st, 0) != tl->a || PyArray_DIM(st, 1) != tl->b) {
+                    PyErr_Format(PyExc_ValueError, "run: layer %lld conv state must be (%lld, %lld)", (long long)l, (long long)tl->a, (long long)tl->b);
+                    goto fail;
+                }
+                c->state = PyArray_DATA(st);
+            } else if (tl->kind == 1) {
+                PyArrayObject *kt, *v;
+                int64_t hkv;
+                if (!PyTuple_Check(o) || PyTuple_GET_SIZE(o) != 2) {
+                    PyErr_Format(PyExc_ValueError, "run: layer %lld state must be (kt, v)", (long long)l);
+                    goto fail;
+                }
+                if (!kv_pair(&kt, &v, PyTuple_GET_ITEM(o, 0), PyTuple_GET_ITEM(o, 1), &hkv, &c->cap, tl->b, &c->f16) ||
+                    !writable(kt, "kt") || !writable(v, "v"))
+                    goto fail;
+                if (hkv != tl->a) {
+                    PyErr_Format(PyExc_ValueError, "run: layer %lld cache holds %lld KV heads, not %lld", (long long)l, (long long)hkv, (long long)tl->a);
+                    goto fail;
+                }
+                c->kt = PyArray_DATA(kt);
+                c->v = PyArray_DATA(v);
+                if (cap < 0 || c->cap < cap) cap = c->cap;
+            }
+        }
+        for (int64_t r = 0; r < T; r++)
+            if (sp[r] == s && cap >= 0 && pp[r] >= cap) {
+                PyErr_Format(PyExc_ValueError, "run: position %lld exceeds the cache positions (%lld) of sequence %lld",
+                             (long long)pp[r], (long long)cap, (long long)s);
                 goto fail;
             }
-            c->state = PyArray_DATA(st);
-            continue;
-        }
-        PyArrayObject *kt, *v;
-        int64_t hkv;
-        if (!PyTuple_Check(o) || PyTuple_GET_SIZE(o) != 2) {
-            PyErr_Format(PyExc_ValueError, "decode: layer %lld state must be (kt, v)", (long long)i);
-            goto fail;
-        }
-        if (!kv_pair(&kt, &v, PyTuple_GET_ITEM(o, 0), PyTuple_GET_ITEM(o, 1), &hkv, &c->cap, l->hd, &c->f16) ||
-            !writable(kt, "kt") || !writable(v, "v"))
-            goto fail;
-        if (hkv != l->Hkv || pos + 1 > c->cap) {
-            PyErr_Format(PyExc_ValueError, "decode: layer %lld cache holds %lld KV heads and %lld positions (position %lld)",
-                         (long long)i, (long long)hkv, (long long)c->cap, pos);
-            goto fail;
-        }
-        c->kt = PyArray_DATA(kt);
-        c->v = PyArray_DATA(v);
     }
     if (ensure_pool()) goto fail;
-    npy_intp dims[2] = {1, d->vocab};
+    npy_intp dims[2] = {T, t->width[t->out]};
     PyArrayObject *y = out_arr(NULL, 2, dims, NPY_FLOAT32);
     if (!y) goto fail;
     int rc = 0;
-    RUN(rc = step_decode(&ctx, m, caches, token, pos, PyArray_DATA(y)));
+    RUN(rc = tape_run(&ctx, t, T, ip, sp, pp, caches, PyArray_DATA(y)));
     free(caches);
     if (rc) { Py_DECREF(y); return nomem(); }
     return (PyObject *)y;
@@ -715,6 +665,22 @@ fail:
     free(caches);
     return NULL;
 }
+
+static PyMethodDef Tape_methods[] = {
+    {"run", (PyCFunction)(void (*)(void))Tape_run, METH_FASTCALL, "run(ids, seqs, positions, states) -> logits (T, vocab)"},
+    {NULL}};
+
+static PyTypeObject TapeType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "cactus._kernels.Tape",
+    .tp_doc = "Tape(ops, widths, out): a recorded forward (ops.Tape), checked once; run() per T tokens.",
+    .tp_basicsize = sizeof(TapeObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Tape_init,
+    .tp_dealloc = (destructor)Tape_dealloc,
+    .tp_methods = Tape_methods,
+};
 
 /* ------------------------------------------------------------------ control */
 
@@ -829,7 +795,6 @@ static PyMethodDef methods[] = {
     {"conv_gate", (PyCFunction)(void (*)(void))py_conv_gate, METH_FASTCALL, "conv_gate(bcx, state, w, bias)"},
     {"route", (PyCFunction)(void (*)(void))py_route, METH_FASTCALL, "route(logits, bias, k, norm, scale) -> (idx, wts)"},
     {"embed", (PyCFunction)(void (*)(void))py_embed, METH_FASTCALL, "embed(ids, w) -> rows"},
-    {"decode", (PyCFunction)(void (*)(void))py_decode, METH_FASTCALL, "decode(plan, token, pos, states) -> logits (1, vocab)"},
     {"read_memory", (PyCFunction)(void (*)(void))py_read, METH_FASTCALL, "read_memory(buf, stride) -> checksum"},
     {"set_isa", py_set_isa, METH_O, "set_isa(name): use this kernel level"},
     {"isa", py_isa, METH_NOARGS, "the kernel level in use"},
@@ -845,7 +810,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", "cactus C
 
 PyMODINIT_FUNC PyInit__kernels(void) {
     import_array();
-    if (PyType_Ready(&WeightType) < 0 || PyType_Ready(&DecoderType) < 0) return NULL;
+    if (PyType_Ready(&WeightType) < 0 || PyType_Ready(&TapeType) < 0) return NULL;
     ctx.k = kernels_best();
     kernels_select(ctx.k);
     ctx.arena = &arena;
@@ -853,7 +818,7 @@ PyMODINIT_FUNC PyInit__kernels(void) {
     if (!m) return NULL;
     Py_INCREF(&WeightType);
     if (PyModule_AddObject(m, "Weight", (PyObject *)&WeightType) < 0) { Py_DECREF(&WeightType); Py_DECREF(m); return NULL; }
-    Py_INCREF(&DecoderType);
-    if (PyModule_AddObject(m, "Decoder", (PyObject *)&DecoderType) < 0) { Py_DECREF(&DecoderType); Py_DECREF(m); return NULL; }
+    Py_INCREF(&TapeType);
+    if (PyModule_AddObject(m, "Tape", (PyObject *)&TapeType) < 0) { Py_DECREF(&TapeType); Py_DECREF(m); return NULL; }
     return m;
 }

@@ -8,7 +8,6 @@ num_dense_layers). Tensor names are HF's; MoE experts are stacked per layer (E, 
 
 from __future__ import annotations
 
-import mmap
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,67 +16,7 @@ from .. import ops
 from ..config import ModelConfig
 from ..quant import QTensor
 from ..weights import WeightDir
-
-# ----------------------------------------------------------------------------- caches
-
-def _lazy_zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
-    """Zeros whose pages are only committed when written, in 4 KiB steps: an anonymous mmap with
-    huge pages off (numpy's own large arrays ask for 2 MiB pages, which would commit 2 MiB per
-    head at the first token)."""
-    nbytes = max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize)
-    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)  # private: in RssAnon
-    buf = mmap.mmap(-1, nbytes, flags=flags)
-    if hasattr(mmap, "MADV_NOHUGEPAGE"):
-        buf.madvise(mmap.MADV_NOHUGEPAGE)
-    return np.frombuffer(buf, dtype, count=int(np.prod(shape))).reshape(shape)
-
-
-class KVCache:
-    """Keys and values of one attention layer for up to `capacity` positions.
-    kt (Hkv, cap/16, hd, 16): keys in blocks of 16 positions, d-major inside a block (the decode
-    kernel reads 16 scores per vector); v (Hkv, cap, hd). Allocated once at the context limit:
-    np.zeros maps untouched pages lazily, so memory grows with the positions actually written and
-    nothing is ever copied. f16 for int8/int4 models (half the memory and bandwidth)."""
-
-    def __init__(self, n_kv_heads: int, head_dim: int, capacity: int, dtype=np.float32):
-        cap = -(-capacity // 16) * 16
-        self.kt = _lazy_zeros((n_kv_heads, cap // 16, head_dim, 16), dtype)
-        self.v = _lazy_zeros((n_kv_heads, cap, head_dim), dtype)
-        self.length = 0
-
-    def append(self, k: np.ndarray, v: np.ndarray) -> None:
-        """Store k, v (T, Hkv, hd) at positions length.."""
-        ops.kv_store(self.kt, self.v, k, v, self.length)
-        self.length += k.shape[0]
-
-    def snapshot(self, detach: bool = False) -> int | tuple:
-        """The length; detached: (length, kt, v) copies of the filled part, which survive the
-        cache being overwritten by another conversation."""
-        if not detach:
-            return self.length
-        n = self.length
-        return n, self.kt[:, :-(-n // 16)].copy(), self.v[:, :n].copy()
-
-    def restore(self, state: int | tuple) -> None:
-        if isinstance(state, tuple):
-            state, kt, v = state
-            self.kt[:, :kt.shape[1]] = kt
-            self.v[:, :state] = v
-        self.length = state
-
-
-class ConvCache:
-    """The last L-1 inputs (B*x) of one short-conv layer: (L-1, D)."""
-
-    def __init__(self, l_cache: int, hidden: int):
-        self.state = np.zeros((l_cache - 1, hidden), np.float32)
-
-    def snapshot(self, detach: bool = False) -> np.ndarray:
-        return self.state.copy()  # always a copy: the state is overwritten by every token
-
-    def restore(self, state: np.ndarray) -> None:
-        self.state[:] = state
-
+from .cache import ConvCache, KVCache
 
 # ----------------------------------------------------------------------------- layers
 
@@ -97,8 +36,6 @@ class ShortConv:
         y = ops.linear(ops.conv_gate(bcx, cache.state, self.conv, self.conv_b), self.out_proj)
         return y if self.out_b is None else y + self.out_b
 
-    def spec(self) -> tuple:
-        return ("conv", self.in_proj, self.out_proj, self.conv, self.conv_b, self.in_b, self.out_b)
 
 
 @dataclass
@@ -124,9 +61,6 @@ class Attention:
         o = ops.cache_attention(ops.rope(q, pos, self.theta), cache.kt, cache.v, pos)
         return ops.linear(o.reshape(t, -1), self.out_proj)
 
-    def spec(self) -> tuple:
-        return ("attention", self.q_proj, self.k_proj, self.v_proj, self.out_proj, self.q_norm, self.k_norm,
-                self.n_heads, self.n_kv_heads, self.head_dim, self.theta)
 
 
 @dataclass
@@ -138,8 +72,6 @@ class SwiGLU:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return ops.swiglu(x, self.w1, self.w3, self.w2)
 
-    def spec(self) -> tuple:
-        return ("swiglu", self.w1, self.w3, self.w2)
 
 
 @dataclass
@@ -157,8 +89,6 @@ class MoE:
         return ops.moe(x, self.gate, self.expert_bias, self.w1, self.w3, self.w2,
                        self.top_k, self.norm_topk, self.scale)
 
-    def spec(self) -> tuple:
-        return ("moe", self.gate, self.expert_bias, self.w1, self.w3, self.w2, self.top_k, self.norm_topk, self.scale)
 
 
 @dataclass
@@ -176,12 +106,15 @@ class Block:
 
 # ----------------------------------------------------------------------------- model
 
-class LFM2:
-    fused = True  # one token runs as one kernel call (ops.decode); False: op by op, as prefill does
+class Model:
+    """The network: weights (mmap views) and the forward. One token runs as its tape (the forward
+    recorded once, ops.record) in one kernel call; prompts run the forward op by op."""
+
+    use_tape = True  # False: one token op by op too (tests, benchmarks/decode_ops.py)
 
     def __init__(self, cfg: ModelConfig, w: WeightDir):
         self.cfg = cfg
-        self._plan = None  # ops.decoder's plan, made at the first decoded token
+        self.tape: ops.Tape | None = None  # recorded at the first decoded token
         d, hd, e = cfg.hidden_size, cfg.head_dim, cfg.num_experts
         self.embed = w.tensor("model.embed_tokens.weight", (cfg.vocab_size, d))
         self.lm_head = self.embed if cfg.tie_word_embeddings else w.tensor("lm_head.weight", (cfg.vocab_size, d))
@@ -244,8 +177,14 @@ class LFM2:
 
     def forward(self, ids: np.ndarray, cache: list, pos: int, last_only: bool = False) -> np.ndarray:
         """ids (T,) at positions pos.. -> logits (T, vocab), or (1, vocab) with last_only."""
-        if len(ids) == 1 and self.fused and ops.isa() != "ref":
-            return self._decode(int(ids[0]), cache, pos)
+        if len(ids) == 1 and self.use_tape and ops.isa() != "ref":
+            if self.tape is None:
+                self.tape = ops.record(self.definition, cache)
+            return self.tape.run(ids, (0,), (pos,), [cache])
+        return self.definition(ids, cache, pos, last_only)
+
+    def definition(self, ids, cache: list, pos: int, last_only: bool = False) -> np.ndarray:
+        """The forward, op by op (what the tape records)."""
         x = ops.embed(ids, self.embed)  # (T, D)
         for block, layer_cache in zip(self.blocks, cache, strict=True):
             x = block(x, layer_cache, pos)
@@ -253,14 +192,13 @@ class LFM2:
             x = x[-1:]
         return ops.linear(ops.rmsnorm(x, self.norm, self.cfg.norm_eps), self.lm_head)
 
-    def _decode(self, token: int, cache: list, pos: int) -> np.ndarray:
-        """One token through every layer in C: the ops of forward, in its order (bit-identical)."""
-        if self._plan is None:
-            self._plan = ops.decoder([(b.op.spec(), b.ffn.spec(), b.operator_norm, b.ffn_norm) for b in self.blocks],
-                                     self.embed, self.norm, self.lm_head, self.cfg.norm_eps)
-        states = tuple((c.kt, c.v) if isinstance(c, KVCache) else c.state for c in cache)
-        logits = ops.decode(self._plan, token, pos, states)
-        for c in cache:
-            if isinstance(c, KVCache):
-                c.length = pos + 1
-        return logits
+    @property
+    def fused(self) -> bool:  # the former name of use_tape (benchmarks/decode_ops.py sets it)
+        return self.use_tape
+
+    @fused.setter
+    def fused(self, on: bool) -> None:
+        self.use_tape = on
+
+
+LFM2 = Model  # the former name
