@@ -12,8 +12,10 @@ from typing import Literal
 import pytest
 from pydantic import BaseModel, Field
 
+from cactus import grammar
 from cactus.cli import main
 from cactus.demo import demo_path
+from cactus.tokenizer import Tokenizer
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Weather for a city",
@@ -34,6 +36,39 @@ class Forecast(BaseModel):  # nested models, a list with bounds, an enum, a boun
     city: str = Field(max_length=20)
     days: list[Day] = Field(min_length=1, max_length=3)
     windy: bool
+
+
+# ----------------------------------------------------------------------------- checked after generation
+
+def fn(properties, **extra):
+    return {"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": properties, **extra}}}
+
+
+POST_CHECK = [  # (tool, arguments, kept as a call): grammar.check_calls, what api.py runs on every call
+    (fn({"a": {"type": "array", "items": {"type": "integer"}, "maxItems": 2}}), {"a": [1, 2]}, True),
+    (fn({"a": {"type": "array", "items": {"type": "integer"}, "maxItems": 2}}), {"a": [1, 2, 3]}, False),
+    (fn({"a": {"allOf": [{"type": "integer"}, {"minimum": 5}]}}), {"a": 3}, False),
+    (fn({"a": {"type": "string", "pattern": "^[0-9]+$"}}), {"a": "x"}, False),
+    # keywords llguidance does not implement leave the rest checked, not every call refused
+    (fn({"a": {"type": "integer", "not": {"const": 3}}}), {"a": 4}, True),
+    (fn({"a": {"type": "array", "items": {"type": "integer"}, "uniqueItems": True}}), {"a": [1, 1]}, True),
+    (fn({"a": {"oneOf": [{"type": "integer"}, {"type": "string"}]}}), {"a": 3}, True),
+    (fn({"a": {"oneOf": [{"type": "integer"}, {"type": "string"}]}}), {"a": [3]}, False),
+    # absent additionalProperties is false, as the grammar takes it; an object without properties takes any
+    (fn({"a": {"type": "integer"}}), {"a": 1, "b": 2}, False),
+    (fn({"a": {"type": "object", "properties": {"x": {"type": "integer"}}}}), {"a": {"x": 1, "y": 2}}, False),
+    (fn({"a": {"type": "object"}}), {"a": {"x": 1, "y": [2]}}, True),
+    (fn({"a": {"type": "integer"}}, additionalProperties=True), {"a": 1, "b": 2}, True),
+]
+
+
+@pytest.mark.parametrize("tool,arguments,kept", POST_CHECK)
+def test_calls_are_checked_against_the_full_schema(tool, arguments, kept):
+    ll = grammar.ll_tokenizer(Tokenizer(demo_path()), 8192, [7])
+    valid, rejected = grammar.check_calls([tool], [{"name": "f", "arguments": arguments}], ll)
+    assert (valid, rejected) == (([{"name": "f", "arguments": arguments}], []) if kept
+                                 else ([], [{"name": "f", "arguments": arguments}]))
 
 
 # ----------------------------------------------------------------------------- the openai SDK's parse()
@@ -122,3 +157,18 @@ def test_run_bad_tool_choice_is_one_line_and_exit_2(capsys, monkeypatch, tmp_pat
     rc, out, err = run_piped(capsys, monkeypatch, "Hi\n", str(tmp_path / "no-model"), *argv)
     assert rc == 2 and out == ""
     assert err.strip().splitlines() == [f"cactus run: error: {line.replace('{tools}', tools_file)}"]
+
+
+def test_the_call_grammar_takes_any_keys_in_an_object_without_properties():
+    import llguidance
+
+    tok = Tokenizer(demo_path())
+    ll = grammar.ll_tokenizer(tok, 8192, [7])
+    lark = grammar.call_block_grammar([fn({"a": {"type": "object"}})], single=False)
+
+    def accepts(text: str) -> bool:
+        m = llguidance.LLMatcher(ll, llguidance.LLMatcher.grammar_from_lark(lark), log_level=0)
+        return all(m.consume_token(t) for t in tok.encode(text + "<|tool_call_end|>")) and m.is_accepting()
+
+    assert accepts('[f(a={"x": 1, "y": [2]})]') and accepts("[f(a={})]")
+    assert not accepts('[f(a={"x": 1}, b=2)]')  # the arguments themselves stay closed

@@ -176,7 +176,9 @@ class _Lark:
         required = schema.get("required", [])
         if not isinstance(required, list) or any(k not in props for k in required):
             raise GrammarError(f"{where}.required must list names of its properties")
-        extra = schema.get("additionalProperties", False)
+        # absent additionalProperties: no other keys (a call's arguments, an object that declares
+        # properties); an object that declares none takes any keys
+        extra = schema.get("additionalProperties", False if props or not dict_literal else True)
         entries = []
         for key, sub in props.items():
             if not dict_literal and not key.isidentifier():
@@ -372,9 +374,11 @@ def arguments_error(ll_tokenizer, tool: dict, arguments: dict) -> str | None:
     call-block grammar leaves to be checked after generation."""
     import llguidance
 
-    schema = tool.get("function", tool).get("parameters") or {"type": "object"}
+    schema = _closed(tool.get("function", tool).get("parameters") or {"type": "object"}, top=True)
+    # lenient: keywords llguidance does not implement (uniqueItems, not, dependentRequired...) are
+    # left unchecked rather than refusing every call; oneOf is checked as anyOf
     m = llguidance.LLMatcher(ll_tokenizer, llguidance.LLMatcher.grammar_from_json_schema(
-        schema, defaults={"whitespace_flexible": False}), log_level=0)
+        schema, defaults={"whitespace_flexible": False, "coerce_one_of": True, "lenient": True}), log_level=0)
     if m.is_error():
         return f"the schema is not usable ({m.get_error()})"
     order = list(schema.get("properties", {})) if isinstance(schema, dict) else []
@@ -384,6 +388,26 @@ def arguments_error(ll_tokenizer, tool: dict, arguments: dict) -> str | None:
     if m.try_consume_tokens(ids) != len(ids) or not m.is_accepting():
         return f"{text} does not follow the schema"
     return None
+
+
+def _closed(schema: Any, top: bool = False) -> Any:
+    """A copy of a tool's schema with additionalProperties made false where the call grammar takes
+    it as false (absent, on the arguments and on every object that declares properties)."""
+    if isinstance(schema, list):
+        return [_closed(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for key, value in schema.items():
+        if key in ("properties", "$defs", "definitions", "patternProperties") and isinstance(value, dict):
+            out[key] = {k: _closed(v) for k, v in value.items()}
+        elif key in ("items", "additionalProperties", "anyOf", "oneOf", "allOf", "prefixItems", "not"):
+            out[key] = _closed(value)
+        else:
+            out[key] = value
+    if "additionalProperties" not in out and (top or out.get("properties")):
+        out["additionalProperties"] = False
+    return out
 
 
 def check_calls(tools: list[dict] | None, calls: list[dict], ll_tokenizer=None) -> tuple[list[dict], list[dict]]:
