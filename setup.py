@@ -14,7 +14,8 @@ from setuptools.command.build_ext import build_ext
 from setuptools.errors import CompileError
 
 K = "src/cactus/_kernels/"
-COMMON = ["binding.c", "driver.c", "tape.c", "small.c", "pool.c", "dispatch.c", "kernels_scalar.c"]
+COMMON = ["binding.c", "tape.c", "driver.c", "small.c", "pool.c", "dispatch.c", "common.c", "formats.c",
+          "kernels_scalar.c"]
 X86 = {
     "kernels_ssse3.c": ["-mssse3"],
     "kernels_avx2.c": ["-mavx2", "-mfma", "-mf16c"],

@@ -21,7 +21,7 @@ import setuptools
 
 ROOT = Path(__file__).resolve().parents[1]
 K = ROOT / "src" / "cactus" / "_kernels"
-COMMON = ["kernels_scalar.c", "dispatch.c", "driver.c", "small.c", "pool.c"]
+COMMON = ["kernels_scalar.c", "common.c", "formats.c", "dispatch.c", "driver.c", "small.c", "pool.c"]
 
 
 def load_setup() -> dict:

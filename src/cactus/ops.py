@@ -6,7 +6,9 @@ the C kernel (cactus._kernels) that runs by default. `CACTUS_ISA=ref` runs the r
 `CACTUS_ISA=scalar|ssse3|avx2|avxvnni|avx512|neon80|neon|i8mm` forces a kernel level;
 `with ops.use("avx2"):` does the same for a block. `CACTUS_THREADS` / `set_threads` sets the kernel
 threads (default: one per physical core of the fastest kind, cpus.py).
-Weights arrive as QTensor mmap views; the kernels read them in place.
+Weights arrive as QTensor mmap views; the kernels read them in place. A forward written with these
+ops can be recorded (`record`) into a tape, one flat op list that _kernels/tape.c runs for T tokens
+in one call (docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
@@ -270,6 +272,10 @@ def _weight(w: QTensor):
     return h
 
 
+def _i64(x) -> np.ndarray:
+    return x if type(x) is np.ndarray and x.dtype == np.int64 and x.flags.c_contiguous else np.array(x, np.int64)
+
+
 def _f32(x: np.ndarray) -> np.ndarray:
     return x if x.dtype == np.float32 and x.flags.c_contiguous else np.ascontiguousarray(x, np.float32)
 
@@ -494,14 +500,14 @@ class Tape:
             return self.run_ops(ids, seqs, positions, caches)
         if self._kernel is None:
             self._kernel = self._compile(k)
-        ids = np.ascontiguousarray(ids, np.int64)
-        seqs = np.ascontiguousarray(seqs, np.int64)
-        positions = np.ascontiguousarray(positions, np.int64)
+            self._written = sorted({op.layer for op in self.ops if op.name == "kv_store"})  # caches that advance
+        ids, seqs, positions = _i64(ids), _i64(seqs), _i64(positions)
         states = tuple(tuple(c.tape_state() for c in cache) for cache in caches)
         logits = self._kernel.run(ids, seqs, positions, states)
         for s, p in zip(seqs.tolist(), positions.tolist(), strict=True):
-            for c in caches[s]:
-                c.advance(p)
+            cache = caches[s]
+            for layer in self._written:
+                cache[layer].advance(p)
         return logits
 
     def _compile(self, k):

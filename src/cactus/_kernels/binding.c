@@ -87,8 +87,6 @@ typedef struct {
     PyObject *data, *scales;
 } WeightObject;
 
-static const char *FMT_NAMES[] = {"f32", "f16", "bf16", "int8", "int4"};
-
 static int Weight_init(WeightObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"data", "scales", "fmt", "group", "k", NULL};
     PyObject *data, *scales = Py_None;
@@ -96,12 +94,16 @@ static int Weight_init(WeightObject *self, PyObject *args, PyObject *kw) {
     int group = 0;
     Py_ssize_t k;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOsin", kwlist, &data, &scales, &fmt, &group, &k)) return -1;
-    int f = -1;
-    for (int i = 0; i < 5; i++) if (!strcmp(fmt, FMT_NAMES[i])) f = i;
-    if (f < 0) { PyErr_Format(PyExc_ValueError, "Weight: unknown format '%s'", fmt); return -1; }
-    static const int dtypes[] = {NPY_FLOAT32, NPY_FLOAT16, NPY_UINT16, NPY_INT8, NPY_UINT8};
-    PyArrayObject *d = arr(data, "Weight data", dtypes[f], -1);
+    const Format *F = format_by_name(fmt);
+    if (!F) { PyErr_Format(PyExc_ValueError, "Weight: unknown format '%s'", fmt); return -1; }
+    const int f = (int)(F - FORMATS);
+    PyArrayObject *d = arr(data, "Weight data", -1, -1);
     if (!d) return -1;
+    if (PyArray_DESCR(d)->kind != F->kind || PyArray_ITEMSIZE(d) != F->itemsize) {
+        PyErr_Format(PyExc_TypeError, "Weight data: format %s is stored as %c%d, got %S", fmt, F->kind, F->itemsize,
+                     (PyObject *)PyArray_DESCR(d));
+        return -1;
+    }
     int nd = PyArray_NDIM(d);
     if (nd != 2 && nd != 3) { PyErr_SetString(PyExc_ValueError, "Weight data: expected (N, K) or (E, N, K)"); return -1; }
     npy_intp *dims = PyArray_DIMS(d);
@@ -115,13 +117,20 @@ static int Weight_init(WeightObject *self, PyObject *args, PyObject *kw) {
     s->m.row_bytes = PyArray_STRIDES(d)[nd - 2];
     s->data_stride = nd == 3 ? PyArray_STRIDES(d)[0] : 0;
     if (k <= 0 || s->m.n <= 0) { PyErr_SetString(PyExc_ValueError, "Weight: empty matrix"); return -1; }
-    if (f >= FMT_INT8) {
-        if (group <= 0 || group % 32) { PyErr_Format(PyExc_ValueError, "Weight: group size must be a positive multiple of 32, got %d", group); return -1; }
-        s->m.group = group;
-        s->m.kp = (k + group - 1) / group * group;
-        s->m.ng = s->m.kp / group;
-        npy_intp want = f == FMT_INT8 ? s->m.kp : s->m.kp / 2;
-        if (dims[nd - 1] != want) { PyErr_Format(PyExc_ValueError, "Weight data: last dim %zd, format %s with K=%zd, G=%d needs %zd", (Py_ssize_t)dims[nd - 1], fmt, k, group, (Py_ssize_t)want); return -1; }
+    if (F->quantized && (group <= 0 || group % 32)) {
+        PyErr_Format(PyExc_ValueError, "Weight: group size must be a positive multiple of 32, got %d", group);
+        return -1;
+    }
+    s->m.group = F->quantized ? group : 0;
+    s->m.kp = F->quantized ? (k + group - 1) / group * group : k;
+    s->m.ng = F->quantized ? s->m.kp / group : 0;
+    const npy_intp want = F->row_bytes(s->m.kp) / F->itemsize;
+    if (dims[nd - 1] != want) {
+        PyErr_Format(PyExc_ValueError, "Weight data: last dim %zd, format %s with K=%zd, G=%d needs %zd",
+                     (Py_ssize_t)dims[nd - 1], fmt, k, group, (Py_ssize_t)want);
+        return -1;
+    }
+    if (F->quantized) {
         PyArrayObject *sc = arr(scales, "Weight scales", NPY_FLOAT16, nd);
         if (!sc) return -1;
         npy_intp *sd = PyArray_DIMS(sc);
@@ -133,9 +142,6 @@ static int Weight_init(WeightObject *self, PyObject *args, PyObject *kw) {
         s->scale_stride = nd == 3 ? s->m.n * s->m.ng : 0;
         Py_INCREF(scales);
         Py_XSETREF(self->scales, scales);
-    } else {
-        if (dims[nd - 1] != k) { PyErr_Format(PyExc_ValueError, "Weight data: last dim %zd != K=%zd", (Py_ssize_t)dims[nd - 1], k); return -1; }
-        s->m.kp = k;
     }
     Py_INCREF(data);
     Py_XSETREF(self->data, data);
@@ -153,7 +159,7 @@ static PyObject *Weight_get(WeightObject *self, void *which) {
     case 0: return PyLong_FromLongLong(self->s.m.n);
     case 1: return PyLong_FromLongLong(self->s.m.k);
     case 2: return PyLong_FromLongLong(self->s.e);
-    default: return PyUnicode_FromString(FMT_NAMES[self->s.m.fmt]);
+    default: return PyUnicode_FromString(FORMATS[self->s.m.fmt].name);
     }
 }
 

@@ -1,6 +1,6 @@
 /* cactus kernels: the types every ISA file shares, and the dispatch table.
  *
- * One ISA per translation unit (kernels_scalar.c, kernels_ssse3.c, kernels_avx2.c, kernels_avxvnni.c,
+ * Shared helpers in common.c, the weight formats in formats.c. One ISA per translation unit (kernels_scalar.c, kernels_ssse3.c, kernels_avx2.c, kernels_avxvnni.c,
  * kernels_avx512.c, kernels_neon80.c, kernels_neon.c, kernels_i8mm.c),
  * each compiled with its own flags and exporting one `Kernels` table. This header knows nothing of
  * CPython; driver.c composes table kernels with the thread pool; binding.c is the only CPython file.
@@ -13,7 +13,7 @@
 #include <stdint.h>
 #include <string.h>
 
-enum { FMT_F32 = 0, FMT_F16 = 1, FMT_BF16 = 2, FMT_INT8 = 3, FMT_INT4 = 4 };
+enum { FMT_F32 = 0, FMT_F16 = 1, FMT_BF16 = 2, FMT_INT8 = 3, FMT_INT4 = 4, FMT_COUNT };
 
 /* One (N, K) weight matrix viewed in place (the mmap); never copied.
  * int8: data (N, kp) int8; int4: data (N, kp/2) uint8, byte j of a group = element j (low nibble) |
@@ -25,6 +25,20 @@ typedef struct {
     int64_t row_bytes;       /* bytes from one row of data to the next */
     int32_t fmt, group;
 } QMat;
+
+/* One weight format (formats.c, FORMATS[fmt]; quant.FORMATS is its Python side): the stored
+ * element (numpy kind 'f'/'u'/'i' and bytes), whether it has f16 group scales (N, Kp/G), the bytes
+ * of one row of data for K padded to kp, and the row dequantized. */
+typedef struct {
+    const char *name;
+    char kind;
+    int8_t itemsize;
+    int8_t quantized;
+    int64_t (*row_bytes)(int64_t kp);
+    void (*dequantize_row)(float *out, const QMat *w, int64_t r);  /* out (K) = row r of w */
+} Format;
+extern const Format FORMATS[FMT_COUNT];
+const Format *format_by_name(const char *name);  /* NULL if unknown */
 
 /* One token's activations quantized for the integer kernels (quant.quantize_activations):
  * q int8 per group of G, s = amax/127 (f32), q = rint(x / s). The layout of one token's buffer:
@@ -168,7 +182,8 @@ static inline int attn_rows4(const float *qr[4], int64_t lim[4], int64_t *lmax, 
     return rb;
 }
 
-/* Shared scalar pieces the SIMD files fall back to (defined in kernels_scalar.c). */
+/* Shared helpers (common.c): f16 conversion; the reference activation quantization (the scalar
+ * table's quantize, which SIMD files fall back to) and its per-lane extras. */
 float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);
 void quantize_scalar(const ActLayout *L, uint8_t *act, const float *x, int64_t g0, int64_t g1);
@@ -201,6 +216,7 @@ static inline float fweight(const QMat *w, const uint8_t *row, int64_t e) {
     if (w->fmt == FMT_F16) return f16_to_f32(((const uint16_t *)row)[e]);
     return bf16_to_f32(((const uint16_t *)row)[e]);
 }
+/* The scalar table's kernels (kernels_scalar.c), the fallback of the SIMD files for shapes they do not take. */
 void qgemm_scalar(float *y, int64_t ldy, const QMat *w, const ActLayout *L, const uint8_t *act,
                   int64_t nt, int64_t r0, int64_t r1, uint8_t *scratch);
 void fgemm_scalar(float *y, int64_t ldy, const QMat *w, const float *x, int64_t ldx,

@@ -126,28 +126,5 @@ void k_kv_store(void *kt, void *v, const float *k, const float *vv, int64_t T, i
 
 /* out (T, D) = dequantized rows ids of w (vocab, D) */
 void k_embed(float *out, const int64_t *ids, int64_t T, const QMat *w) {
-    for (int64_t t = 0; t < T; t++) {
-        const uint8_t *row = w->data + ids[t] * w->row_bytes;
-        float *o = out + t * w->k;
-        const uint16_t *sw = w->scales ? w->scales + ids[t] * w->ng : NULL;
-        for (int64_t e = 0; e < w->k; e++) {
-            float v;
-            switch (w->fmt) {
-            case FMT_F32: v = ((const float *)row)[e]; break;
-            case FMT_F16: v = f16_to_f32(((const uint16_t *)row)[e]); break;
-            case FMT_BF16: {
-                uint32_t u = (uint32_t)((const uint16_t *)row)[e] << 16;
-                memcpy(&v, &u, 4);
-                break;
-            }
-            case FMT_INT8: v = (float)((const int8_t *)row)[e] * f16_to_f32(sw[e / w->group]); break;
-            default: {
-                int64_t G = w->group, g = e / G, jj = e % G, half = G / 2;
-                uint8_t b = row[g * half + jj % half];
-                v = (float)((int)(jj < half ? (b & 15) : (b >> 4)) - 8) * f16_to_f32(sw[g]);
-            }
-            }
-            o[e] = v;
-        }
-    }
+    for (int64_t t = 0; t < T; t++) FORMATS[w->fmt].dequantize_row(out + t * w->k, w, ids[t]);
 }

@@ -106,6 +106,8 @@ class Block:
 
 # ----------------------------------------------------------------------------- model
 
+_SEQ0 = np.zeros(1, np.int64)  # the one sequence an Engine holds
+
 class Model:
     """The network: weights (mmap views) and the forward. One token runs as its tape (the forward
     recorded once, ops.record) in one kernel call; prompts run the forward op by op."""
@@ -180,7 +182,7 @@ class Model:
         if len(ids) == 1 and self.use_tape and ops.isa() != "ref":
             if self.tape is None:
                 self.tape = ops.record(self.definition, cache)
-            return self.tape.run(ids, (0,), (pos,), [cache])
+            return self.tape.run(ids, _SEQ0, np.array([pos]), [cache])
         return self.definition(ids, cache, pos, last_only)
 
     def definition(self, ids, cache: list, pos: int, last_only: bool = False) -> np.ndarray:
