@@ -21,7 +21,7 @@ from chat_helpers import ScriptedModel
 from cactus.api import Model
 from cactus.demo import demo_path
 from cactus.generate import Session
-from cactus.server import MAX_BODY, Server
+from cactus.server import MAX_BODY
 from cactus.tokenizer import Tokenizer
 
 T = 60  # seconds: the bound on every socket and client call
@@ -30,32 +30,6 @@ FN = {"name": "get_weather", "description": "Weather for a city",
       "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
 TOOLS = [{"type": "function", "function": FN}]
 RESPONSES_TOOLS = [{"type": "function", **FN}]
-
-
-@pytest.fixture(scope="module")
-def demo():
-    with Model(demo_path()) as m:
-        yield m
-
-
-@pytest.fixture
-def start():
-    """start(model, **server options) -> (openai client, port); servers stop at the end of the test."""
-    from openai import OpenAI
-
-    started = []
-
-    def go(model: Model, **kw):
-        server = Server(("127.0.0.1", 0), model, "demo", **kw)
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        started.append(server)
-        port = server.server_address[1]
-        return OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=T), port
-
-    yield go
-    for s in started:
-        s.shutdown()
-        s.server_close()
 
 
 def post(port: int, path: str, body, conn: http.client.HTTPConnection | None = None, headers=None):

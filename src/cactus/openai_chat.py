@@ -146,6 +146,16 @@ def top_logprobs_count(body: dict, flag: str = "logprobs", count: str = "top_log
     return (k or 0) if on else None
 
 
+def include_usage(body: dict, stream: bool) -> bool:
+    """`stream_options.include_usage` (a last chunk with the usage); the options need stream: true."""
+    stream_options = body.get("stream_options") or {}
+    if not isinstance(stream_options, dict) or set(stream_options) - {"include_usage", "include_obfuscation"}:
+        raise RequestError(400, "'stream_options' may hold only include_usage", "stream_options")
+    if stream_options and not stream:
+        raise RequestError(400, "'stream_options' is only allowed with stream: true", "stream_options")
+    return bool(stream_options.get("include_usage"))
+
+
 def sample_count(body: dict) -> int:
     n = body.get("n", 1)
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
@@ -232,15 +242,10 @@ class ChatJob(Job):
         if "enable_thinking" in kwargs:
             options["enable_thinking"] = kwargs["enable_thinking"]
             fields["enable_thinking"] = "chat_template_kwargs.enable_thinking"
-        stream = body.get("stream", False)
-        stream_options = body.get("stream_options") or {}
-        if not isinstance(stream_options, dict) or set(stream_options) - {"include_usage", "include_obfuscation"}:
-            raise RequestError(400, "'stream_options' may hold only include_usage", "stream_options")
-        if stream_options and not stream:
-            raise RequestError(400, "'stream_options' is only allowed with stream: true", "stream_options")
+        stream = bool(body.get("stream", False))
         return cls(model_name, messages=chat_messages(body.get("messages")), tools=body.get("tools") or None,
-                   options=options, fields=fields, n=sample_count(body), stream=bool(stream),
-                   logprobs=top_logprobs_count(body), include_usage=bool(stream_options.get("include_usage")))
+                   options=options, fields=fields, n=sample_count(body), stream=stream,
+                   logprobs=top_logprobs_count(body), include_usage=include_usage(body, stream))
 
     def body(self, samples: list[Sample], prompt_tokens: int) -> dict:
         choices = []
@@ -318,12 +323,9 @@ class CompletionJob(Job):
         options, fields = options_from(body, COMPLETION_OPTIONS)
         options.setdefault("max_tokens", 16)
         stream = bool(body.get("stream", False))
-        stream_options = body.get("stream_options") or {}
-        if not isinstance(stream_options, dict) or set(stream_options) - {"include_usage"}:
-            raise RequestError(400, "'stream_options' may hold only include_usage", "stream_options")
         return cls(model_name, prompt=prompt, options=options, fields=fields, n=sample_count(body),
                    stream=stream, logprobs=top_logprobs_count(body, None, "logprobs", 5),
-                   include_usage=bool(stream_options.get("include_usage")))
+                   include_usage=include_usage(body, stream))
 
     def _logprobs(self, tokens: list[Token], offset: int = 0) -> dict:
         strings, lps, tops, offsets = [], [], [], []
