@@ -14,6 +14,7 @@ import numpy as np
 
 from .config import ConfigError, ModelConfig
 from .models import ARCHITECTURES
+from .models.cache import ConvCache
 from .weights import WeightDir, WeightError
 
 PREFILL_CHUNK = 512  # tokens per prefill step: bounds activation memory; MoE experts see ~T*A/E tokens each
@@ -50,9 +51,9 @@ class Engine:
     def reset(self) -> None:
         self.cache = self.net.make_cache(self.max_context)
         self.n_past = 0
+        self._verified = None
 
-    def forward(self, ids, last_only: bool = False) -> np.ndarray:
-        """Feed token ids (T,) after what the session holds -> logits (T, vocab) f32, or (1, vocab)."""
+    def _checked(self, ids) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         if ids.size == 0:
             raise ValueError("forward needs at least one token")
@@ -61,6 +62,49 @@ class Engine:
         if self.n_past + ids.size > self.max_context:
             raise ContextError(f"{self.n_past + ids.size} tokens exceed the context window of {self.max_context}")
         self.weights.file.check_in_place()  # one fstat: an error, not a wrong answer or SIGBUS, after `cp` over it
+        self._verified = None
+        return ids
+
+    def verify(self, ids) -> np.ndarray:
+        """Feed ids (T,) as T decode steps in one forward (the tape over T tokens: the current token
+        and T-1 drafted ones) -> logits (T, vocab), each bit-identical to feeding the ids one by one.
+        `keep(n)` then takes the session back to just after the n-th of them."""
+        ids = self._checked(ids)
+        start, T = self.n_past, ids.size
+        if self.net.steps_by_tape:
+            convs = {i: c.state.copy() for i, c in enumerate(self.cache) if isinstance(c, ConvCache)}
+            inputs = {i: np.empty((T, s.shape[1]), np.float32) for i, s in convs.items()}
+            logits = self.net.step(ids, np.zeros(T, np.int64), np.arange(start, start + T), [self.cache], inputs)
+            self.n_past += T
+            self._verified = (start, convs, inputs)
+            return logits
+        snaps, rows = [self.snapshot()], []  # the numpy references: token by token, a snapshot after each
+        for i in ids:
+            rows.append(self.net.forward(i.reshape(1), self.cache, self.n_past))
+            self.n_past += 1
+            snaps.append(self.snapshot())
+        self._verified = (start, snaps)
+        return np.concatenate(rows, 0)
+
+    def keep(self, n: int) -> None:
+        """Keep the first n (0..T) ids of the last `verify` and drop the rest: KV caches cut to that
+        length, each conv state rebuilt exactly from its inputs (the state before the call, then the
+        kept tokens' rows: the last L-1 of them), nothing recomputed."""
+        if self._verified is None:
+            raise RuntimeError("keep() must follow verify()")
+        start, *saved = self._verified
+        if len(saved) == 1:
+            self.restore(saved[0][n])
+        else:
+            convs, inputs = saved
+            states = tuple(np.concatenate([convs[i], inputs[i][:n]])[n:] if i in convs else start + n
+                           for i in range(len(self.cache)))
+            self.restore(Snapshot(start + n, states))
+        self._verified = None
+
+    def forward(self, ids, last_only: bool = False) -> np.ndarray:
+        """Feed token ids (T,) after what the session holds -> logits (T, vocab) f32, or (1, vocab)."""
+        ids = self._checked(ids)
         out = []
         for start in range(0, ids.size, PREFILL_CHUNK):
             chunk = ids[start:start + PREFILL_CHUNK]
@@ -78,6 +122,7 @@ class Engine:
         for c, s in zip(self.cache, snap.states, strict=True):
             c.restore(s)
         self.n_past = snap.n_past
+        self._verified = None
 
 
 def load(path: str | Path, max_context: int | None = None) -> Engine:

@@ -14,9 +14,11 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from . import speculative
 from .grammar import Plan
 from .sampling import ConfidenceMeter, Sampler, SamplingOptions
 from .tokenizer import Tokenizer
@@ -53,6 +55,8 @@ class Finish:
     prefill_s: float
     first_token_s: float          # generate() start -> first token sampled (prefill included)
     decode_s: float               # first token -> end, time spent by the caller excluded
+    drafted_tokens: int = 0       # speculative decoding: tokens drafted and verified
+    accepted_tokens: int = 0      # ... and those of them the answer took
 
 
 @dataclass
@@ -91,6 +95,7 @@ class Session:
         self.model = model
         self.pool_bytes = pool_bytes
         self.pool: list[_Saved] = []  # least recently used first
+        self.drafters: dict = {}  # draft model path -> its DraftModel
         self.reset()
 
     def reset(self) -> None:
@@ -161,6 +166,44 @@ class Session:
         self.ids.append(int(token_id))
         return logits
 
+    def verify(self, token_ids: list[int]) -> np.ndarray:
+        """Feed a generated id and drafted ones in one forward -> (n, V) logits after each
+        (speculative.py); `keep` then drops the drafts not taken."""
+        try:
+            logits = self.model.verify(token_ids)
+        except BaseException:
+            self._reset_live()
+            raise
+        self.ids.extend(int(t) for t in token_ids)
+        self._verified = len(token_ids)
+        return logits
+
+    def keep(self, n: int) -> None:
+        """Keep the first n ids of the last `verify`."""
+        self.model.keep(n)
+        del self.ids[len(self.ids) - (self._verified - n):]
+
+    def speculator(self, options: SamplingOptions, history: list[int]) -> speculative.Speculator | None:
+        """The `Speculator` for a generation's options, or None: speculation off, or a model that
+        cannot verify (the numpy references step token by token anyway)."""
+        mode = options.speculative
+        if mode == "off" or not getattr(getattr(self.model, "net", None), "steps_by_tape", False):
+            return None
+        if mode == "prompt":
+            drafter = speculative.PromptLookup()  # indexes this generation's history
+        else:  # a draft model: kept (one at a time: its caches and weights are not small)
+            if mode not in self.drafters:
+                self.drafters = {mode: speculative.DraftModel(self._load_draft(mode))}
+            drafter = self.drafters[mode]
+        return speculative.Speculator(self, drafter, history, options.draft_tokens)
+
+    def _load_draft(self, path: str):
+        from .engine import load
+
+        if not speculative.same_tokenizer(self.model.path, Path(path)):
+            raise ValueError(f"draft model {path}: its tokenizer differs from the model's ({self.model.path})")
+        return load(path, self.model.max_context)
+
     @property
     def full(self) -> bool:
         return self.model.n_past >= self.model.max_context
@@ -226,48 +269,55 @@ def generate(session: Session, tokenizer: Tokenizer, prompt_ids: Iterable[int], 
     constraint = grammar.start(prompt) if grammar is not None else None
     first_token_s, thought = 0.0, 0
     forced = think.close_ids() if options.max_thinking_tokens == 0 and parser.in_reasoning else []
-    for n in range(1, options.max_tokens + 1):
-        if forced:  # the thinking budget is spent: the block is closed for the model
-            token = forced.pop(0)
-            logprob, _ = Sampler.logprobs(logits, token, 0)
-            p = math.exp(logprob)
-        else:
-            token, p = sampler(logits, history, constraint.allowed() if constraint is not None else None)
-        if constraint is not None:
-            constraint.advance(token)
-        logprob, top = (sampler.logprobs(logits, token, options.logprobs) if options.logprobs is not None
-                        else (None, ()))
-        if n == 1:
-            first_token_s = clock.now()
-        was_thinking = parser.in_reasoning
-        if token in stop_ids:
-            reason, (text, reasoning) = "eos", parser.close(think.text(detok.flush(), None))
-        else:
-            reason, (text, reasoning) = None, parser.feed(think.text(detok.push(token), token))
-            history.append(token)
-        if was_thinking or parser.in_reasoning:
-            thought += 1
-            if (options.max_thinking_tokens is not None and thought >= options.max_thinking_tokens
-                    and parser.in_reasoning and not forced):
-                forced = think.close_ids()
-        else:
-            meter.add(p)  # the answer's tokens (reasoning explores; the answer is what is trusted)
-        if reason is None:
-            reason = ("stop" if parser.stopped else "handoff" if meter.settled_low
-                      else "length" if n == options.max_tokens or session.full
-                      else "cancelled" if cancel is not None and cancel.is_set() else None)
+    spec = session.speculator(options, history)
+    stepper = spec if spec is not None else session
+    try:
+        for n in range(1, options.max_tokens + 1):
+            if forced:  # the thinking budget is spent: the block is closed for the model
+                token = forced.pop(0)
+                logprob, _ = Sampler.logprobs(logits, token, 0)
+                p = math.exp(logprob)
+            else:
+                token, p = sampler(logits, history, constraint.allowed() if constraint is not None else None)
+            if constraint is not None:
+                constraint.advance(token)
+            logprob, top = (sampler.logprobs(logits, token, options.logprobs) if options.logprobs is not None
+                            else (None, ()))
+            if n == 1:
+                first_token_s = clock.now()
+            was_thinking = parser.in_reasoning
+            if token in stop_ids:
+                reason, (text, reasoning) = "eos", parser.close(think.text(detok.flush(), None))
+            else:
+                reason, (text, reasoning) = None, parser.feed(think.text(detok.push(token), token))
+                history.append(token)
+            if was_thinking or parser.in_reasoning:
+                thought += 1
+                if (options.max_thinking_tokens is not None and thought >= options.max_thinking_tokens
+                        and parser.in_reasoning and not forced):
+                    forced = think.close_ids()
+            else:
+                meter.add(p)  # the answer's tokens (reasoning explores; the answer is what is trusted)
+            if reason is None:
+                reason = ("stop" if parser.stopped else "handoff" if meter.settled_low
+                          else "length" if n == options.max_tokens or stepper.full
+                          else "cancelled" if cancel is not None and cancel.is_set() else None)
+                if reason is not None:
+                    more, more_reasoning = parser.close(think.text(detok.flush(), None))
+                    text, reasoning = text + more, reasoning + more_reasoning
+            with clock.paused():
+                yield Token(token, text, p, logprob, top, reasoning)
             if reason is not None:
-                more, more_reasoning = parser.close(think.text(detok.flush(), None))
-                text, reasoning = text + more, reasoning + more_reasoning
-        with clock.paused():
-            yield Token(token, text, p, logprob, top, reasoning)
-        if reason is not None:
-            break
-        logits = session.step(token)
+                break
+            logits = stepper.step(token)
+    finally:
+        if spec is not None:
+            spec.settle()  # the caches keep the fed tokens only
     yield Finish(reason=reason, function_calls=parser.calls, reasoning=parser.reasoning, reasoning_tokens=thought,
                  confidence=meter.value, cloud_handoff=meter.handoff,
                  prefill_tokens=n_prefill, decode_tokens=n, prefill_s=prefill_s, first_token_s=first_token_s,
-                 decode_s=clock.now() - first_token_s)
+                 decode_s=clock.now() - first_token_s, drafted_tokens=spec.drafted if spec else 0,
+                 accepted_tokens=spec.accepted if spec else 0)
 
 
 class Think:

@@ -492,17 +492,22 @@ class Tape:
 
     # ------------------------------------------------------------------ running
 
-    def run(self, ids, seqs, positions, caches: list[list]) -> np.ndarray:
+    def run(self, ids, seqs, positions, caches: list[list], conv_inputs: dict | None = None) -> np.ndarray:
         """logits (T, vocab): token ids[t] of sequence seqs[t] at positions[t]; caches[s] is
-        sequence s's per-layer caches (make_cache), written at each token's position."""
+        sequence s's per-layer caches (make_cache), written at each token's position. Each token's
+        logits are bit-identical to its own T = 1 run. `conv_inputs` {layer: (T, D) f32}: row t of
+        each gets the conv input (B*x) of token t, so a conv state can be put back to its value
+        after any token (speculative verification: engine.Engine.keep)."""
         k = _lib()
         if k is None:
-            return self.run_ops(ids, seqs, positions, caches)
+            return self.run_ops(ids, seqs, positions, caches, conv_inputs)
         if self._kernel is None:
             self._kernel = self._compile(k)
             self._written = sorted({op.layer for op in self.ops if op.name == "kv_store"})  # caches that advance
         ids, seqs, positions = _i64(ids), _i64(seqs), _i64(positions)
-        states = tuple(tuple(c.tape_state() for c in cache) for cache in caches)
+        inputs = conv_inputs or {}
+        states = tuple(tuple((c.tape_state(), inputs[i]) if i in inputs else c.tape_state() for i, c in enumerate(cache))
+                       for cache in caches)
         logits = self._kernel.run(ids, seqs, positions, states)
         for s, p in zip(seqs.tolist(), positions.tolist(), strict=True):
             cache = caches[s]
@@ -534,7 +539,7 @@ class Tape:
                       tuple(_weight(w) for w in op.weights), op.vecs, op.ints, op.floats) for op in self.ops)
         return k.Tape(code, tuple(widths), slot_of[self.out])
 
-    def run_ops(self, ids, seqs, positions, caches: list[list]) -> np.ndarray:
+    def run_ops(self, ids, seqs, positions, caches: list[list], conv_inputs: dict | None = None) -> np.ndarray:
         """`run`, op by op in Python: each op on all T rows, or token by token where it is positional."""
         T = len(ids)
         val: dict[int, np.ndarray] = {}
@@ -567,6 +572,9 @@ class Tape:
                         q = xt[0].reshape(1, n[0], n[2])
                         rows.append(cache_attention(q, c.kt, c.v, p).reshape(1, -1))
                     elif op.name == "conv_gate":
+                        if conv_inputs and op.layer in conv_inputs:
+                            b, _, xx = np.split(xt[0], 3, axis=-1)
+                            conv_inputs[op.layer][t] = b[0] * xx[0]
                         rows.append(conv_gate(xt[0], c.state, vec[0], vec[1]))
                     else:
                         raise ValueError(f"unknown tape op {op.name!r}")

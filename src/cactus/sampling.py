@@ -62,6 +62,9 @@ class SamplingOptions:
     enable_thinking: bool | None = None     # passed to chat templates that read it; None: the template's default
     max_thinking_tokens: int | None = None  # None = no budget; when spent, `</think>` is written for the model
     stream_thinking: bool = False           # callbacks also get the reasoning, between <think> and </think>
+    # speculative decoding (speculative.py): the same tokens, several per pass over the weights
+    speculative: str = "prompt"        # "off" | "prompt" (n-gram lookup in the context) | a draft model directory
+    draft_tokens: int = 8              # most tokens drafted per verification (K adapts below it)
 
     def __post_init__(self):
         for f in fields(self):
@@ -153,6 +156,19 @@ def _grammar_check(check, name, value):
         raise OptionError(str(e), name, str(e)) from None
 
 
+def _speculative(name, value):
+    if value in ("off", "prompt"):
+        return value
+    if not isinstance(value, str) or not value:
+        raise _bad(name, f'must be "off", "prompt" or a draft model directory, got {_show(value)}')
+    from pathlib import Path
+
+    path = Path(value).expanduser()
+    if not (path / "config.json").is_file():
+        raise _bad(name, f'must be "off", "prompt" or a converted model directory; {value} has no config.json')
+    return str(path.resolve())
+
+
 def _optional(check):
     return lambda name, value: None if value is None else check(name, value)
 
@@ -175,6 +191,8 @@ _CHECKS = {
     "enable_thinking": _optional(_bool),
     "max_thinking_tokens": _optional(lambda n, v: _number(n, v, 0, None, integer=True)),
     "stream_thinking": _bool,
+    "speculative": _speculative,
+    "draft_tokens": lambda n, v: _number(n, v, 1, 32, integer=True),
 }
 
 

@@ -40,6 +40,10 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
+    def vocab(self) -> dict[str, int]:
+        """Every token's text -> its id (added tokens included)."""
+        return self._tok.get_vocab(with_added_tokens=True)
+
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         """Text -> ids. Special-token text (`<|im_start|>`...) becomes its single id. A rendered
         chat template already holds the bos token, so nothing is added unless asked."""

@@ -625,6 +625,8 @@ static PyObject *Tape_run(TapeObject *self, PyObject *const *args, Py_ssize_t na
             PyObject *o = PyTuple_GET_ITEM(layers, l);
             TapeCache *c = &caches[s * NL + l];
             if (tl->kind == 2) {
+                PyObject *ho = NULL;  /* (state, hist): hist (T, D) gets each token's conv input */
+                if (PyTuple_Check(o) && PyTuple_GET_SIZE(o) == 2) { ho = PyTuple_GET_ITEM(o, 1); o = PyTuple_GET_ITEM(o, 0); }
                 PyArrayObject *st = arr(o, "conv state", NPY_FLOAT32, 2);
                 if (!st || !writable(st, "conv state")) goto fail;
                 if (PyArray_DIM(st, 0) != tl->a || PyArray_DIM(st, 1) != tl->b) {
@@ -632,6 +634,15 @@ static PyObject *Tape_run(TapeObject *self, PyObject *const *args, Py_ssize_t na
                     goto fail;
                 }
                 c->state = PyArray_DATA(st);
+                if (ho) {
+                    PyArrayObject *h = arr(ho, "conv history", NPY_FLOAT32, 2);
+                    if (!h || !writable(h, "conv history")) goto fail;
+                    if (PyArray_DIM(h, 0) != T || PyArray_DIM(h, 1) != tl->b) {
+                        PyErr_Format(PyExc_ValueError, "run: layer %lld conv history must be (%lld, %lld)", (long long)l, (long long)T, (long long)tl->b);
+                        goto fail;
+                    }
+                    c->hist = PyArray_DATA(h);
+                }
             } else if (tl->kind == 1) {
                 PyArrayObject *kt, *v;
                 int64_t hkv;

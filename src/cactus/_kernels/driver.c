@@ -108,7 +108,8 @@ int drv_linear(const Ctx *c, float *y, const float *x, int64_t T, const QMat *w)
     j.cr = chunk_rows(w->n, nth, T);
     if (is_int(w)) {
         act_layout(&j.L, w->k, w->group, w->fmt);
-        j.L.extras = T < PANEL_MIN_T;
+        j.L.extras = T < PANEL_MIN_T || c->one_token;
+        j.L.one_token = c->one_token;
         j.per = (kernels_scratch_bytes(w->kp) + 63) / 64 * 64;
         j.act = scratch_alloc(c, (size_t)(T * j.L.stride) + j.per * nth);
         if (!j.act) return -1;
@@ -173,7 +174,8 @@ int drv_swiglu(const Ctx *c, float *y, const float *x, int64_t T, const QMat *w1
     size_t need = (size_t)(2 * T * I) * 4;
     if (is_int(w1)) { act_layout(&j.L1, D, w1->group, w1->fmt); need += (size_t)(T * j.L1.stride); }
     if (is_int(w2)) { act_layout(&j.L2, I, w2->group, w2->fmt); need += (size_t)(T * j.L2.stride); }
-    j.L1.extras = j.L2.extras = T < PANEL_MIN_T;
+    j.L1.extras = j.L2.extras = T < PANEL_MIN_T || c->one_token;
+    j.L1.one_token = j.L2.one_token = c->one_token;
     size_t s1 = is_int(w1) ? kernels_scratch_bytes(w1->kp) : 0, s2 = is_int(w2) ? kernels_scratch_bytes(w2->kp) : 0;
     j.per = ((s1 > s2 ? s1 : s2) + 63) / 64 * 64;
     need += j.per * nth + 256;
@@ -320,7 +322,8 @@ int drv_moe(const Ctx *c, float *y, const float *x, int64_t T, const int32_t *id
         if (n && n < fewest) fewest = n;
         off += n;
     }
-    j.L1.extras = j.L2.extras = fewest < PANEL_MIN_T;  /* an expert with few pairs runs the decode kernels */
+    j.L1.extras = j.L2.extras = fewest < PANEL_MIN_T || c->one_token;  /* an expert with few pairs runs the decode kernels */
+    j.L1.one_token = j.L2.one_token = c->one_token;
     j.start[nact] = P;
     j.nact = nact;
     for (int64_t q = 0; q < P; q++) {

@@ -19,6 +19,9 @@ typedef struct {
     const Kernels *k;
     Pool *pool;
     Arena *arena;  /* may be NULL */
+    int one_token; /* 1: every token of a call gets exactly its one-token result (ActLayout.one_token):
+                    * the tape's steps, so a token decoded in a batch or verified among drafts has the
+                    * logits it has decoded alone */
 } Ctx;
 
 /* A stack of E weight matrices (E, N, K): expert e is `m` moved by e strides. */

@@ -60,6 +60,9 @@ typedef struct {
     int32_t group, fmt;
     int32_t extras;  /* 1 (act_layout's default): quantize fills qn/corr/sl. Only the decode kernels
                       * read them (qgemm with nt < PANEL_MIN_T); ops that never make such a call clear it */
+    int32_t one_token;  /* 1: qgemm never packs panels, each token's row is the one-token kernel's result
+                         * (bit-identical to an nt = 1 call), whatever nt; needs extras. The tape's
+                         * steps (decode, batched, verification) run so. */
     int64_t off_q, off_s, off_sum, off_qu, off_qn, off_corr, off_sl, stride; /* bytes; stride = one token */
 } ActLayout;
 

@@ -576,7 +576,7 @@ _Static_assert(KERNEL_PANEL >= 16, "the int8 prefill packs 16 rows into the qgem
 static void qgemm_avx2(float *y, int64_t ldy, const QMat *w, const ActLayout *L, const uint8_t *act,
                        int64_t nt, int64_t r0, int64_t r1, uint8_t *scratch) {
     if (w->group != 32) { qgemm_scalar(y, ldy, w, L, act, nt, r0, r1, scratch); return; }
-    if (nt >= PANEL_MIN_T) {
+    if (nt >= PANEL_MIN_T && !L->one_token) {
         uint8_t *P = (uint8_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
         /* two 8-row panels back to back, then their scales, then (int4) their offset corrections;
          * scratch holds KERNEL_PANEL rows (kernels_scratch_bytes) */

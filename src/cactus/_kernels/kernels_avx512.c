@@ -391,7 +391,7 @@ static void panel_gemm(float *y, int64_t ldy, const uint8_t *P, const float *PS,
 static inline void qgemm_avx512_t(float *y, int64_t ldy, const QMat *w, const ActLayout *L, const uint8_t *act,
                                   int64_t nt, int64_t r0, int64_t r1, uint8_t *scratch, const int gfni) {
     if (w->group % 32) { qgemm_scalar(y, ldy, w, L, act, nt, r0, r1, scratch); return; }
-    if (w->group == 32 && nt < PANEL_MIN_T) {
+    if (w->group == 32 && (nt < PANEL_MIN_T || L->one_token)) {
         /* decode: rows r and r + h in step, h = half the range, so that each is one sequential
          * stream (two rows side by side read worse from DRAM: 81-84% of the read bandwidth with
          * two threads against 84-92% for rows half a range apart, same arithmetic) */

@@ -379,7 +379,7 @@ static void panel8_mm_gemm(float *y, int64_t ldy, const int8_t *P, const float *
 
 static void qgemm_neon(float *y, int64_t ldy, const QMat *w, const ActLayout *L, const uint8_t *act,
                        int64_t nt, int64_t r0, int64_t r1, uint8_t *scratch) {
-    if (w->group == 32 && nt >= PANEL_MIN_T) {
+    if (w->group == 32 && nt >= PANEL_MIN_T && !L->one_token) {
         int8_t *P = (int8_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
         float *PS = (float *)(P + PANEL_ROWS * 32 * w->ng);
         for (int64_t r = r0; r < r1; r += PANEL_ROWS) {

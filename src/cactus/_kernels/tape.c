@@ -120,8 +120,11 @@ static void add(float *x, const float *a, const float *b, int64_t n) {
     for (int64_t k = 0; k < n; k++) x[k] = a[k] + b[k];
 }
 
-int tape_run(const Ctx *c, const Tape *t, int64_t T, const int64_t *ids, const int64_t *seq, const int64_t *pos,
+int tape_run(const Ctx *ctx, const Tape *t, int64_t T, const int64_t *ids, const int64_t *seq, const int64_t *pos,
              const TapeCache *caches, float *logits) {
+    Ctx one = *ctx;
+    one.one_token = 1;
+    const Ctx *c = &one;
     int64_t floats = t->scratch;
     for (int64_t s = 0; s < t->n_slots; s++) floats += s == t->out ? 0 : t->width[s];
     float *mem = malloc((size_t)(T * floats) * sizeof(float) + (size_t)T * TAPE_MAX_TOPK * 8 + 64);
@@ -167,8 +170,13 @@ int tape_run(const Ctx *c, const Tape *t, int64_t T, const int64_t *ids, const i
             break;
         case TAPE_CONV_GATE: {
             const int64_t L = op->vn[0] / wo;
-            for (int64_t r = 0; r < T; r++)
-                k_conv_gate(y + r * wo, x + r * wi, caches[seq[r] * t->n_layers + op->layer].state, op->v[0], op->v[1], 1, wo, L);
+            for (int64_t r = 0; r < T; r++) {
+                const TapeCache *cc = &caches[seq[r] * t->n_layers + op->layer];
+                const float *B = x + r * wi, *X = B + 2 * wo;
+                if (cc->hist)
+                    for (int64_t d = 0; d < wo; d++) cc->hist[r * wo + d] = B[d] * X[d];  /* as k_conv_gate's bx */
+                k_conv_gate(y + r * wo, B, cc->state, op->v[0], op->v[1], 1, wo, L);
+            }
             break;
         }
         case TAPE_SWIGLU: rc = drv_swiglu(c, y, x, T, &op->w[0]->m, &op->w[1]->m, &op->w[2]->m); break;

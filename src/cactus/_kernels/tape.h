@@ -61,9 +61,12 @@ typedef struct {
     int64_t scratch;       /* floats per token beyond the slots (the router's logits) */
 } Tape;
 
-/* One layer's cache of one sequence: the conv state, or kt (Hkv, cap/16, hd, 16) and v (Hkv, cap, hd) */
+/* One layer's cache of one sequence: the conv state, or kt (Hkv, cap/16, hd, 16) and v (Hkv, cap, hd).
+ * hist, NULL or (T, D): row t gets the conv input B*x of the call's token t when it belongs to this
+ * sequence, so a caller can put the state back to its value after any of its tokens (speculative
+ * verification keeps the accepted tokens' rows: the state is the last L-1 inputs). */
 typedef struct {
-    float *state;
+    float *state, *hist;
     void *kt, *v;
     int64_t cap;
     int f16;
@@ -75,7 +78,8 @@ int tape_check(Tape *t, char *err, size_t errlen);
 
 /* logits (T, W(out)) of T tokens: ids[t] of sequence seq[t] at position pos[t]; caches[s * n_layers + l]
  * is layer l of sequence s, updated (KV: each token's position written; conv: its state moved on,
- * token by token in order). Returns 0, or -1 when scratch memory could not be had. */
+ * token by token in order). Every token's logits are bit-identical to running it alone (Ctx.one_token):
+ * batching and verification change no answer. Returns 0, or -1 when scratch memory could not be had. */
 int tape_run(const Ctx *c, const Tape *t, int64_t T, const int64_t *ids, const int64_t *seq, const int64_t *pos,
              const TapeCache *caches, float *logits);
 

@@ -179,11 +179,22 @@ class Model:
 
     def forward(self, ids: np.ndarray, cache: list, pos: int, last_only: bool = False) -> np.ndarray:
         """ids (T,) at positions pos.. -> logits (T, vocab), or (1, vocab) with last_only."""
-        if len(ids) == 1 and self.use_tape and ops.isa() != "ref":
-            if self.tape is None:
-                self.tape = ops.record(self.definition, cache)
-            return self.tape.run(ids, _SEQ0, np.array([pos]), [cache])
+        if len(ids) == 1 and self.steps_by_tape:
+            return self.step(ids, _SEQ0, np.array([pos]), [cache])
         return self.definition(ids, cache, pos, last_only)
+
+    @property
+    def steps_by_tape(self) -> bool:
+        """Do `step`s run the tape (one kernel call), or the definition op by op ('ref', tests)?"""
+        return self.use_tape and ops.isa() != "ref"
+
+    def step(self, ids, seqs, positions, caches: list[list], conv_inputs: dict | None = None) -> np.ndarray:
+        """T tokens, each of its own sequence at its own position (caches[s]: sequence s's), through
+        the tape in one call -> logits (T, vocab), each token's bit-identical to stepping it alone:
+        decoding, batched decoding and speculative verification (ops.Tape.run)."""
+        if self.tape is None:
+            self.tape = ops.record(self.definition, caches[0])
+        return self.tape.run(ids, seqs, positions, caches, conv_inputs)
 
     def definition(self, ids, cache: list, pos: int, last_only: bool = False) -> np.ndarray:
         """The forward, op by op (what the tape records)."""
