@@ -15,7 +15,7 @@ from cactus import weights
 from cactus.config import ConfigError, ModelConfig
 from cactus.convert import convert
 from cactus.engine import load
-from cactus.quant import QTensor, quantize, unpack_int4
+from cactus.quant import FORMATS, QUANTIZED, QTensor, embed_format, float_format, quantize, unpack_int4
 from cactus.weights import ALIGN, NoSpaceError, SafetensorsFile, WeightError
 
 
@@ -189,3 +189,48 @@ def test_int4_nibble_layout():
     assert data[0, 0] == (-8 + 8) | ((7 + 8) << 4)
     assert data[0, 3] == (2 + 8) | ((-1 + 8) << 4)
     np.testing.assert_array_equal(unpack_int4(data, 32), w.astype(np.int8))
+
+
+# ----------------------------------------------------------------------------- the format registry
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_each_format_stores_its_layout_and_the_kernels_take_it(fmt):
+    """quant.FORMATS is the one Python table: quantize writes its layout, dequantize reads it back,
+    and the C table (formats.c) accepts that layout for the same name."""
+    from cactus import _kernels
+
+    f = FORMATS[fmt]
+    w = np.random.default_rng(0).standard_normal((3, 5, 40)).astype(np.float32)
+    stored = quantize(w, fmt, 32)
+    layout = f.layout(w.shape, 32)
+    assert [(a.shape, a.dtype) for a in stored if a is not None] == \
+        [(shape, np.dtype(weights.DTYPES[dtype])) for shape, dtype in layout]
+    err = np.abs(QTensor(fmt, w.shape, *stored, 32 if f.grouped else 0).dequantize() - w).max() / np.abs(w).max()
+    assert err <= {"f32": 0, "f16": 5e-4, "bf16": 4e-3, "int8": 8e-3, "int4": 0.125}[fmt]
+    assert _kernels.Weight(stored[0], stored[1], fmt, 32 if f.grouped else 0, 40).fmt == fmt
+    if f.random:  # synthetic models' stored values stay in the format's range, zero past K
+        data = f.random(np.random.default_rng(1), layout[0][0], 33)
+        assert data.shape == layout[0][0] and data.dtype == stored[0].dtype
+        assert np.abs(f.dequantize(data, np.ones(layout[1][0], np.float16), 32)).max() <= 127
+
+
+def test_format_traits():
+    assert QUANTIZED == ("int8", "int4")
+    assert [embed_format(q) for q in FORMATS] == ["f32", "f16", "bf16", "int8", "int8"]
+    assert [float_format(d) for d in ("F32", "F16", "BF16", "I8", "F64")] == ["f32", "f16", "bf16", None, None]
+    with pytest.raises(ValueError, match="unknown weight format 'q3' .one of f32, f16, bf16, int8, int4."):
+        quantize(np.zeros((1, 32)), "q3")
+
+
+def test_unknown_format_in_metadata_names_the_tensor(converted, tmp_path):
+    d = copy_model(converted[1], tmp_path / "m")
+    path = d / "model.safetensors"
+    st = SafetensorsFile(path)
+    info = json.loads(st.metadata["cactus.tensors"])
+    info["model.embed_tokens.weight"]["fmt"] = "q3"
+    planned = [weights.PlannedTensor(n, st.dtypes[n], a.shape, lambda a=a: a) for n, a in st.tensors.items()]
+    weights.write_safetensors(tmp_path / "x.safetensors", planned, {**st.metadata, "cactus.tensors": json.dumps(info)})
+    del st
+    (tmp_path / "x.safetensors").replace(path)
+    with pytest.raises(WeightError, match=r"'model\.embed_tokens\.weight' has fmt 'q3', not one of f32, f16"):
+        load(d)

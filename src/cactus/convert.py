@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import ModelConfig
-from .quant import DEFAULT_GROUP, FORMATS, QUANTIZED
+from .quant import DEFAULT_GROUP, FORMATS, embed_format, float_format
 from .weights import (
     FORMAT_VERSION,
     WEIGHTS_FILE,
@@ -50,11 +50,6 @@ def weight_format(name: str, shape: tuple[int, ...], quant: str, embed_quant: st
     if small or len(shape) < 2:
         return "f32"
     return quant
-
-
-def default_embed_quant(quant: str) -> str:
-    # int4 on the 65k-row LM head costs noticeably more quality than it saves bytes per token.
-    return "int8" if quant == "int4" else quant
 
 
 def _index_files(index: Path) -> list[str]:
@@ -101,10 +96,10 @@ class _Source:
 
     def f32(self, name: str) -> np.ndarray:
         st, dtype = self.arrays[name]
-        a = st.tensors[name]
-        if dtype == "BF16":
-            a = (a.astype(np.uint32) << 16).view(np.float32)
-        elif dtype in ("F32", "F16", "F64"):
+        a, fmt = st.tensors[name], float_format(dtype)
+        if fmt:
+            a = FORMATS[fmt].values(a, 0)
+        elif dtype == "F64":
             a = a.astype(np.float32)
         else:
             raise WeightError(f"{self.where(name)} has dtype {dtype}, expected a float type")
@@ -163,10 +158,10 @@ def convert(hf_dir: str | Path, out_dir: str | Path, quant: str = "int4", group_
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     if quant not in FORMATS:
         raise ValueError(f"unknown quantization {quant!r} (choose from {', '.join(FORMATS)})")
-    embed_quant = embed_quant or default_embed_quant(quant)
+    embed_quant = embed_quant or embed_format(quant)
     if embed_quant not in FORMATS:
         raise ValueError(f"unknown embedding quantization {embed_quant!r}")
-    if quant in QUANTIZED and (group_size <= 0 or group_size % 32):
+    if (FORMATS[quant].grouped or FORMATS[embed_quant].grouped) and (group_size <= 0 or group_size % 32):
         raise ValueError(f"group size must be a positive multiple of 32, got {group_size}")
     cfg_path = hf_dir / "config.json"
     if not cfg_path.is_file():
@@ -196,11 +191,9 @@ def convert(hf_dir: str | Path, out_dir: str | Path, quant: str = "int4", group_
         bar = None
         if progress:
             from tqdm import tqdm
-            total = sum(int(np.prod(t.shape)) * np.dtype(_np(t.dtype)).itemsize for t in planned)
-            bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"convert {quant}")
+            bar = tqdm(total=sum(t.nbytes for t in planned), unit="B", unit_scale=True, desc=f"convert {quant}")
         write_safetensors(tmp / WEIGHTS_FILE, planned, metadata,
-                          progress=(lambda t: bar.update(int(np.prod(t.shape)) * np.dtype(_np(t.dtype)).itemsize))
-                          if bar else None)
+                          progress=(lambda t: bar.update(t.nbytes)) if bar else None)
         if bar:
             bar.close()
         for f in SIDE_FILES:
@@ -273,8 +266,3 @@ def _check_shapes(logical: dict, cfg: ModelConfig, hf_dir: Path) -> None:
         if tuple(have) != tuple(shape):
             raise WeightError(f"{where} has shape {list(have)}, config.json needs {list(shape)}"
                               + (f" for '{name}'" if f"'{name}'" not in where else ""))
-
-
-def _np(dtype: str):
-    from .weights import DTYPES
-    return DTYPES[dtype]

@@ -18,19 +18,17 @@ import numpy as np
 
 from . import shapes
 from .config import ModelConfig
-from .convert import default_embed_quant, weight_format
-from .quant import DEFAULT_GROUP, padded
+from .convert import weight_format
+from .quant import DEFAULT_GROUP, FORMATS, embed_format
 from .weights import (
     FORMAT_VERSION,
     WEIGHTS_FILE,
     PlannedTensor,
     cactus_section,
+    plan_stored,
     staged_dir,
-    stored_layout,
     write_safetensors,
 )
-
-UNIFORM_STD = {"int8": 73.3, "int4": 4.61}  # std of uniform random stored values (q in [-127,127] / [-8,7])
 
 
 def model_dir(name: str, quant: str) -> Path:
@@ -71,32 +69,17 @@ def logical_tensors(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 
 def _producers(name: str, fmt: str, shape: tuple[int, ...], group: int, seed: int) -> list[Callable[[], np.ndarray]]:
-    """Makers of the stored arrays (data, then scales for int formats), in stored_layout order."""
-    layout = stored_layout(fmt, shape, group)
+    """Makers of the stored arrays (data, then scales for grouped formats), in the format's layout order."""
+    f = FORMATS[fmt]
 
     def rng():
         return np.random.default_rng([seed, len(name), sum(name.encode())])
 
-    if fmt in ("int8", "int4"):
-        (dshape, _), (sshape, _) = layout
+    if f.grouped:  # random stored values, scales that keep unit-scale activations
+        (dshape, _), (sshape, _) = f.layout(shape, group)
         k = shape[-1]
-
-        def data():
-            raw = np.frombuffer(rng().bytes(int(np.prod(dshape))), np.uint8).reshape(dshape)
-            if fmt == "int4":
-                return raw.copy()
-            q = raw.view(np.int8).copy()
-            np.maximum(q, -127, out=q)  # int8 weights stay in [-127, 127]
-            kp = padded(k, group)
-            if kp != k:
-                q[..., k:] = 0
-            return q
-
-        def scales():
-            s = (1.0 / np.sqrt(k)) / UNIFORM_STD[fmt]
-            return (s * rng().uniform(0.8, 1.2, sshape)).astype(np.float16)
-
-        return [data, scales]
+        s = (1.0 / np.sqrt(k)) / f.random_std
+        return [lambda: f.random(rng(), dshape, k), lambda: (s * rng().uniform(0.8, 1.2, sshape)).astype(np.float16)]
 
     def floats():
         r = rng()
@@ -108,18 +91,9 @@ def _producers(name: str, fmt: str, shape: tuple[int, ...], group: int, seed: in
             w = 0.01 * r.standard_normal(shape)
         else:
             w = r.standard_normal(shape) / np.sqrt(shape[-1])
-        w = w.astype(np.float32)
-        if fmt == "f32":
-            return w
-        if fmt == "f16":
-            return w.astype(np.float16)
-        return (w.view(np.uint32) >> 16).astype(np.uint16)
+        return f.quantize(w.astype(np.float32), group)[0]
 
     return [floats]
-
-
-def _nbytes(t: PlannedTensor) -> int:
-    return int(np.prod(t.shape)) * {"I8": 1, "U8": 1, "F16": 2, "BF16": 2}.get(t.dtype, 4)
 
 
 def write(name: str, quant: str, out_dir: str | Path, group: int = DEFAULT_GROUP, seed: int = 0,
@@ -128,24 +102,20 @@ def write(name: str, quant: str, out_dir: str | Path, group: int = DEFAULT_GROUP
     out_dir = Path(out_dir)
     cfg_dict = shapes.config(name)
     cfg = ModelConfig.from_dict(cfg_dict, f"shape {name}")
-    embed_quant = default_embed_quant(quant)
+    embed_quant = embed_format(quant)
     planned, info = [], {}
     for tname, shape in logical_tensors(cfg).items():
         fmt = weight_format(tname, shape, quant, embed_quant)
-        layout = stored_layout(fmt, shape, group)
-        makers = _producers(tname, fmt, shape, group, seed)
-        pieces = [tname] + ([tname + ".scales"] if len(layout) == 2 else [])
-        for piece, (sh, dt), make in zip(pieces, layout, makers, strict=True):
-            planned.append(PlannedTensor(piece, dt, sh, make))
-        info[tname] = {"fmt": fmt, "shape": list(shape), "group_size": group if fmt in ("int8", "int4") else 0}
+        pieces, info[tname] = plan_stored(tname, fmt, shape, group, _producers(tname, fmt, shape, group, seed))
+        planned += pieces
     metadata = {"format": "cactus", "cactus.format_version": str(FORMAT_VERSION),
                 "cactus.tensors": json.dumps(info, separators=(",", ":")), "cactus.synthetic": name}
-    total = sum(_nbytes(t) for t in planned)
+    total = sum(t.nbytes for t in planned)
     with staged_dir(out_dir) as tmp:
         done = [0, 0.0]
 
         def report(t: PlannedTensor) -> None:
-            done[0] += _nbytes(t)
+            done[0] += t.nbytes
             if progress and (done[0] - done[1] > total / 100 or done[0] == total):
                 done[1] = done[0]
                 print(f"\rwriting {name} {quant}: {done[0] / 1e9:6.2f} / {total / 1e9:.2f} GB", end="",

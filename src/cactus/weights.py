@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .quant import FORMATS, QUANTIZED, QTensor, padded
+from .quant import FORMATS, QTensor, float_format, padded
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -204,7 +204,7 @@ class WeightDir:
         info = self.info.get(name)
         if info is None:
             data = self._raw(name)
-            fmt = {"F32": "f32", "F16": "f16", "BF16": "bf16"}.get(self.file.dtypes[name])
+            fmt = float_format(self.file.dtypes[name])
             if fmt is None:
                 raise WeightError(f"{self.file.path}: tensor '{name}' has dtype {self.file.dtypes[name]}, "
                                   f"expected a float type")
@@ -212,19 +212,15 @@ class WeightDir:
         if tuple(info.shape) != tuple(shape):
             raise WeightError(f"{self.file.path}: tensor '{name}' has shape {list(info.shape)}, "
                               f"the config needs {list(shape)}")
-        data = self._raw(name)
-        want, dtype = stored_layout(info.fmt, shape, info.group_size)[0]
-        if tuple(data.shape) != want or data.dtype != np.dtype(DTYPES[dtype]):
-            raise WeightError(f"{self.file.path}: tensor '{name}' stored as {self.file.dtypes[name]} "
-                              f"{list(data.shape)}, format {info.fmt} needs {dtype} {list(want)}")
-        scales = None
-        if info.fmt in QUANTIZED:
-            scales = self._raw(name + ".scales")
-            want_s = stored_layout(info.fmt, shape, info.group_size)[1][0]
-            if tuple(scales.shape) != want_s or scales.dtype != np.float16:
-                raise WeightError(f"{self.file.path}: tensor '{name}.scales' is {self.file.dtypes[name + '.scales']} "
-                                  f"{list(scales.shape)}, expected F16 {list(want_s)}")
-        return QTensor(info.fmt, tuple(shape), data, scales, info.group_size)
+        stored = []  # the data tensor, and its scales
+        layout = FORMATS[info.fmt].layout(shape, info.group_size)
+        for piece, (want, dtype) in zip(stored_names(name, len(layout)), layout, strict=True):
+            have = self._raw(piece)
+            if tuple(have.shape) != want or self.file.dtypes[piece] != dtype:
+                raise WeightError(f"{self.file.path}: tensor '{piece}' stored as {self.file.dtypes[piece]} "
+                                  f"{list(have.shape)}, format {info.fmt} needs {dtype} {list(want)}")
+            stored.append(have)
+        return QTensor(info.fmt, tuple(shape), stored[0], stored[1] if len(stored) > 1 else None, info.group_size)
 
     def float_tensor(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         """A small float weight (norms, conv kernels, router) as f32 (a copy only if not stored f32)."""
@@ -249,22 +245,13 @@ def _tensor_infos(file: SafetensorsFile) -> dict[str, TensorInfo]:
         shape, group = i["shape"], i.get("group_size", 0)
         if not shape or not all(type(d) is int and 0 < d < 1 << 40 for d in shape) or type(group) is not int:
             raise bad(f"'{name}' has shape {shape!r:.60} and group_size {group!r:.20}: need positive integers")
-        out[name] = TensorInfo(i["fmt"], tuple(shape), group)
+        fmt = FORMATS.get(i["fmt"])
+        if fmt is None:
+            raise bad(f"'{name}' has fmt {i['fmt']!r:.20}, not one of {', '.join(FORMATS)}")
+        if fmt.grouped and group <= 0:
+            raise bad(f"'{name}': format {fmt.name} needs a positive group_size, got {group}")
+        out[name] = TensorInfo(fmt.name, tuple(shape), group)
     return out
-
-
-def stored_layout(fmt: str, shape: tuple[int, ...], group: int) -> list[tuple[tuple[int, ...], str]]:
-    """[(shape, dtype)] of the data tensor (and its scales) for a logical (..., N, K) weight."""
-    if fmt not in FORMATS:
-        raise WeightError(f"unknown weight format {fmt!r}")
-    shape = tuple(shape)
-    if fmt in ("f32", "f16", "bf16"):
-        return [(shape, {"f32": "F32", "f16": "F16", "bf16": "BF16"}[fmt])]
-    if group <= 0:
-        raise WeightError(f"format {fmt} needs a positive group size")
-    kp = padded(shape[-1], group)
-    data = (shape[:-1] + (kp,), "I8") if fmt == "int8" else (shape[:-1] + (kp // 2,), "U8")
-    return [data, (shape[:-1] + (kp // group,), "F16")]
 
 
 # ----------------------------------------------------------------------------- writing
@@ -317,6 +304,10 @@ class PlannedTensor:
     shape: tuple[int, ...]
     produce: Callable[[], np.ndarray]  # called once, when this tensor's bytes are written
 
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(DTYPES[self.dtype]).itemsize
+
 
 def write_safetensors(path: Path, tensors: Iterable[PlannedTensor], metadata: dict[str, str],
                       progress: Callable[[PlannedTensor], None] | None = None) -> None:
@@ -325,7 +316,7 @@ def write_safetensors(path: Path, tensors: Iterable[PlannedTensor], metadata: di
     safetensors wants the data section fully indexed, so alignment gaps are filled by small
     `__pad__.N` U8 tensors (readers skip them); the file stays loadable by any safetensors reader.
     """
-    sizes = [(t, int(np.prod(t.shape, dtype=np.int64)) * np.dtype(DTYPES[t.dtype]).itemsize) for t in tensors]
+    sizes = [(t, t.nbytes) for t in tensors]
     header_len = 4096
     while True:  # the padding depends on where the data starts, i.e. on the header's own length
         entries, plan, off = {}, [], 0
@@ -372,11 +363,11 @@ def write_safetensors(path: Path, tensors: Iterable[PlannedTensor], metadata: di
 
 
 def plan_weight(name: str, fmt: str, shape: tuple[int, ...], group: int,
-                produce_f32: Callable[[], np.ndarray]) -> tuple[list[PlannedTensor], dict | None]:
+                produce_f32: Callable[[], np.ndarray]) -> tuple[list[PlannedTensor], dict]:
     """The planned tensors (data and scales) for one logical weight, quantized lazily once."""
     from .quant import quantize
 
-    layout = stored_layout(fmt, shape, group)
+    layout = FORMATS[fmt].layout(shape, group)
     cache: dict[str, tuple] = {}
 
     def get(i: int) -> np.ndarray:
@@ -387,8 +378,20 @@ def plan_weight(name: str, fmt: str, shape: tuple[int, ...], group: int,
             cache.clear()  # last piece written: free the quantized copy
         return out
 
-    planned = [PlannedTensor(name, layout[0][1], layout[0][0], lambda: get(0))]
-    if fmt in QUANTIZED:
-        planned.append(PlannedTensor(name + ".scales", layout[1][1], layout[1][0], lambda: get(1)))
-    info = {"fmt": fmt, "shape": list(shape), "group_size": group if fmt in QUANTIZED else 0}
-    return planned, info
+    return plan_stored(name, fmt, shape, group, [lambda i=i: get(i) for i in range(len(layout))])
+
+
+def plan_stored(name: str, fmt: str, shape: tuple[int, ...], group: int,
+                makers: list[Callable[[], np.ndarray]]) -> tuple[list[PlannedTensor], dict]:
+    """The planned tensors of one logical weight in its stored layout, each made by its maker (data,
+    then scales), and the weight's `cactus.tensors` entry."""
+    f = FORMATS[fmt]
+    layout = f.layout(shape, group)
+    pieces = [PlannedTensor(piece, dtype, sh, make) for piece, (sh, dtype), make
+              in zip(stored_names(name, len(layout)), layout, makers, strict=True)]
+    return pieces, {"fmt": fmt, "shape": list(shape), "group_size": group if f.grouped else 0}
+
+
+def stored_names(name: str, pieces: int) -> tuple[str, ...]:
+    """The stored tensors of weight `name`: its data, then (grouped formats) `name.scales`."""
+    return (name, name + ".scales")[:pieces]

@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import ops
 from ..config import ModelConfig
-from ..quant import QTensor
+from ..quant import QUANTIZED, QTensor
 from ..weights import WeightDir
 from .cache import ConvCache, KVCache
 
@@ -175,7 +175,7 @@ class Model:
 
     def _quantized(self) -> bool:
         op = self.blocks[0].op
-        return (op.in_proj if isinstance(op, ShortConv) else op.q_proj).fmt in ("int8", "int4")
+        return (op.in_proj if isinstance(op, ShortConv) else op.q_proj).fmt in QUANTIZED
 
     def forward(self, ids: np.ndarray, cache: list, pos: int, last_only: bool = False) -> np.ndarray:
         """ids (T,) at positions pos.. -> logits (T, vocab), or (1, vocab) with last_only."""
