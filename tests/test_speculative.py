@@ -167,7 +167,8 @@ def test_draft_model(demo, tmp_path):
     assert f.accepted_tokens >= 0.8 * f.drafted_tokens > 0
     other = tmp_path / "other"
     hf, _ = make_hf_model(tmp_path / "hf", "dense")
-    (hf / "tokenizer.json").write_text((demo.path / "tokenizer.json").read_text().replace('"<|im_end|>"', '"<|im_stop|>"'))
+    text = (demo.path / "tokenizer.json").read_text()
+    (hf / "tokenizer.json").write_text(text.replace('"<|im_end|>"', '"<|im_stop|>"'))
     convert(hf, other, quant="f32", chat=False)
     with pytest.raises(ValueError, match="tokenizer differs"):
         _run(demo, prompt, speculative=str(other), max_tokens=4)

@@ -96,6 +96,7 @@ class Model:
         self._owner: int | None = None      # the thread holding it
         self._cancel = threading.Event()    # set by stop(): the running generation ends
         self._plans: dict[str, grammar.Plan | None] = {}  # compiled constraints by request
+        self._batcher, self._slots = None, []  # batched slots on this engine (`slots`)
 
     def prompt_ids(self, messages: Any, tools: Any = None, enable_thinking: bool | None = None) -> list[int]:
         """Messages (+ tools) rendered through the model's template and tokenized; `enable_thinking`
@@ -190,6 +191,49 @@ class Model:
                 callback(event.text.encode("utf-8"), event.id, user_data)
         raise AssertionError("generate() ended without a Finish event")
 
+    def complete_batch(self, conversations: list, tools: Any = None, options: Any = None,
+                       **kwargs) -> list[Completion]:
+        """Answer several conversations at once -> their Completions, in order. Their decode steps
+        run together (batch.py: each weight read once per step for all of them), each on its own
+        caches; every answer is the one `complete` gives it alone (greedy: the very same ids).
+        Options as `complete`'s, the same for all. The handle's own conversation is left as it was."""
+        if not isinstance(conversations, (list, tuple)) or not conversations:
+            raise ValueError("conversations must be a non-empty list of message lists")
+        with self._exclusive():
+            handles = self.slots(len(conversations))
+            out: list = [None] * len(conversations)
+
+            def answer(i: int) -> None:
+                try:
+                    out[i] = handles[i].complete(conversations[i], tools, options=options, **kwargs)
+                except BaseException as e:  # noqa: BLE001 - raised in the caller's thread below
+                    out[i] = e
+
+            threads = [threading.Thread(target=answer, args=(i,), daemon=True) for i in range(len(out))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        for r in out:
+            if isinstance(r, BaseException):
+                raise r
+        return out
+
+    def slots(self, n: int) -> list[Model]:
+        """n handles on this model's weights, each with its own caches, whose decode steps are
+        batched together (batch.py); kept and reused (their conversations too). The server's
+        parallel slots and `complete_batch` run on them; while they run, this handle must not
+        generate (the kernels run on one thread at a time)."""
+        from .batch import Batcher
+
+        if self._batcher is None:
+            self._batcher = Batcher(self.engine)
+        while len(self._slots) < n:
+            slot = Model(self.path, engine=self._batcher.slot())
+            slot.defaults = self.defaults
+            self._slots.append(slot)
+        return self._slots[:n]
+
     def reset(self) -> None:
         """Forget the conversation: the next call prefills its whole prompt."""
         with self._exclusive():
@@ -200,6 +244,8 @@ class Model:
         completion has finish_reason "cancelled". Does nothing when no generation runs."""
         if self._owner is not None:
             self._cancel.set()
+        for slot in self._slots:
+            slot.stop()
 
     def close(self) -> None:
         """Release the model (its weights' mmap and caches), after a generation in progress ends.

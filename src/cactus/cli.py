@@ -92,8 +92,22 @@ def resolve_model(name: str | None, quant: str = "int4") -> Path:
 
 
 def sampling_kwargs(args: argparse.Namespace) -> dict:
-    keys = ("temperature", "top_p", "top_k", "max_tokens", "seed", "repetition_penalty")
-    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    keys = ("temperature", "top_p", "top_k", "max_tokens", "seed", "repetition_penalty", "speculative",
+            "draft_tokens")
+    out = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    if getattr(args, "draft", None) is not None:
+        out["speculative"] = args.draft
+    return out
+
+
+def add_speculation_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--speculative", type=option_type("speculative", str), default=None, metavar="off|prompt|MODEL",
+                   help="speculative decoding, the same answers sooner: prompt (default: drafts what follows "
+                        "repeats of the context), off, or a draft model directory")
+    p.add_argument("--draft", type=option_type("speculative", str), default=None, metavar="MODEL",
+                   help="a small converted model with the same tokenizer to draft tokens (= --speculative MODEL)")
+    p.add_argument("--draft-tokens", dest="draft_tokens", type=option_type("draft_tokens", int), default=None,
+                   metavar="K", help="most tokens drafted per verification (default: 8)")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -120,21 +134,26 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .api import Model
-    from .server import serve
+    from .server import default_parallel, serve
 
     if args.cache_mb < 0 or not args.timeout > 0:
         raise ValueError("--cache-mb must be >= 0" if args.cache_mb < 0 else "--timeout must be > 0")
+    if args.parallel is not None and not 1 <= args.parallel <= 64:
+        raise ValueError("--parallel must be in [1, 64]")
     path = resolve_model(args.model, args.quant)
     name = args.name or (args.model if args.model and not Path(args.model).is_dir() else path.name)
 
     def ready(server):
         host, port = server.server_address[:2]
-        print(f"cactus: serving {name} on http://{host}:{port}/v1 (OpenAI-compatible; Ctrl-C stops)",
+        print(f"cactus: serving {name} on http://{host}:{port}/v1 ({len(server.free)} parallel slots; "
+              "OpenAI-compatible; Ctrl-C stops)",
               file=sys.stderr, flush=True)
 
+    speculation = sampling_kwargs(args)  # only --speculative / --draft / --draft-tokens here
     with Model(path, max_context=args.context) as model:
+        model.defaults.update(speculation)  # each request's default; a request's own options win
         serve(model, name, args.host, args.port, verbose=args.verbose, ready=ready, cors=args.cors,
-              timeout_s=args.timeout, cache_mb=args.cache_mb)
+              timeout_s=args.timeout, cache_mb=args.cache_mb, parallel=args.parallel or default_parallel(model))
     return EXIT_OK
 
 
@@ -331,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --tools: auto (default: the model decides), none (no call), required (each answer "
                         "starts with a call) or NAME (a call to that tool)")
     add_sampling_arguments(r)
+    add_speculation_arguments(r)
     r.set_defaults(func=cmd_run)
 
     v = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API",
@@ -348,6 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow browser pages from ORIGIN (repeatable; '*' for any) to call the API")
     v.add_argument("--timeout", type=float, default=60, metavar="S",
                    help="drop a client silent this long mid-request or mid-stream (default: 60)")
+    v.add_argument("--parallel", type=int, default=None, metavar="N",
+                   help="requests served at once, their decode steps batched (default: from the model's "
+                        "size and the cores: 2 per core under 4 GiB, else 1 per core, at most 8)")
+    add_speculation_arguments(v)
     v.set_defaults(func=cmd_serve)
 
     b = sub.add_parser("build", help="rebuild the native kernels in place and show which ISA this CPU uses",

@@ -193,7 +193,7 @@ class Session:
             drafter = speculative.PromptLookup()  # indexes this generation's history
         else:  # a draft model: kept (one at a time: its caches and weights are not small)
             if mode not in self.drafters:
-                self.drafters = {mode: speculative.DraftModel(self._load_draft(mode))}
+                self.drafters = {mode: speculative.DraftModel(Session(self._load_draft(mode)))}
             drafter = self.drafters[mode]
         return speculative.Speculator(self, drafter, history, options.draft_tokens)
 
@@ -213,7 +213,7 @@ def _resume_point(ids: list[int], boundary: _Boundary | None, prompt: list[int])
     """Where a state holding `ids` serves `prompt` from -> (ids kept, how): how is "end" (extend
     the ids), "boundary" (from the last prompt boundary), "same" (that boundary is the prompt) or
     "" (nowhere)."""
-    common = _common_prefix(ids, prompt)
+    common = common_prefix(ids, prompt)
     if boundary is not None and boundary.n_ids == len(prompt) == common:
         return len(prompt), "same"
     if common == len(ids) and common < len(prompt):
@@ -394,7 +394,8 @@ class _Clock:
             self.away += time.perf_counter() - t
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading ids a and b share."""
     n = min(len(a), len(b))
     if n == 0:
         return 0
@@ -411,6 +412,7 @@ __all__ = [
     "Think",
     "Token",
     "collect",
+    "common_prefix",
     "eos_ids",
     "generate",
 ]

@@ -83,10 +83,10 @@ class Job:
             return model.stream_prompt(self.prompt, **options)
         return model.stream(self.messages, self.tools, **options)
 
-    def prompt_tokens(self, model: Model) -> int:
+    def prompt_ids(self, model: Model) -> list[int]:
         if self.prompt is not None:
-            return len(model.tokenizer.encode(self.prompt))
-        return len(model.prompt_ids(self.messages, self.tools))
+            return model.tokenizer.encode(self.prompt)
+        return model.prompt_ids(self.messages, self.tools)
 
     def field_error(self, message: str) -> RequestError:
         """A model-side ValueError -> a 400 naming the request's own field (max_output_tokens, not

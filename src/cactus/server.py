@@ -3,9 +3,12 @@
 The HTTP side: a route table (`ROUTES`, one row per endpoint), request bodies read or refused
 on every path (so a kept-alive connection stays in step), socket timeouts, opt-in CORS, and the
 generation run for a `Job` (openai_chat.py / openai_responses.py parse requests and shape answers).
-Requests queue on one lock: one model, one generation at a time. The session keeps a pool of
-conversation caches (`--cache-mb`), so clients that take turns each prefill only their new tokens.
-A client that disconnects, streaming or not, stops its generation within a token.
+Requests run on `--parallel` slots: each a model handle with its own caches, whose decode steps
+are batched with the others' (batch.py: continuous batching, every answer the same bits as served
+alone); a request takes the free slot whose conversation shares the longest prefix with its prompt,
+and waits when all are busy. Each slot's session keeps a pool of conversation caches (its share of
+`--cache-mb`), so clients that take turns each prefill only their new tokens. A client that
+disconnects, streaming or not, stops its generation within a token and frees its slot.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from .api import Completion, Model
-from .generate import Token
+from .generate import Token, common_prefix
 from .openai_chat import ChatJob, CompletionJob, Job, RequestError, Sample, error_body
 from .openai_responses import ResponsesJob
 
@@ -38,13 +42,33 @@ class Server(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, address, model: Model, model_name: str, verbose: bool = False, cors: list[str] | None = None,
-                 timeout_s: float = TIMEOUT_S, cache_mb: float = CACHE_MB):
+                 timeout_s: float = TIMEOUT_S, cache_mb: float = CACHE_MB, parallel: int = 1):
+        if parallel < 1:
+            raise ValueError("--parallel must be >= 1")
         self.model, self.model_name, self.verbose = model, model_name, verbose
         self.cors, self.timeout_s = list(cors or []), timeout_s
-        self.lock = threading.Lock()  # one generation at a time on the one model
         self.created = int(time.time())
-        model.session.pool_bytes = int(cache_mb * 2**20)
+        handles = [model] if parallel == 1 else model.slots(parallel)
+        for h in handles:
+            h.session.pool_bytes = int(cache_mb * 2**20 / parallel)
+        self.free, self.slot_free = handles, threading.Condition()
         super().__init__(address, Handler)
+
+    @contextmanager
+    def slot(self, prompt: list[int]) -> Iterator[Model]:
+        """A free slot for this prompt (the one whose conversation it continues furthest), held
+        until the request ends."""
+        with self.slot_free:
+            while not self.free:
+                self.slot_free.wait()
+            best = max(self.free, key=lambda h: common_prefix(h.session.ids, prompt))
+            self.free.remove(best)
+        try:
+            yield best
+        finally:
+            with self.slot_free:
+                self.free.append(best)
+                self.slot_free.notify()
 
 
 # ----------------------------------------------------------------------------- endpoints
@@ -214,10 +238,14 @@ class Handler(BaseHTTPRequestHandler):
         sample finds it in the session) and answer in its API's shape."""
         model = self.server.model
         job.tokenizer = model.tokenizer
-        with self.server.lock:
-            events = self._samples(job)
+        try:
+            prompt = job.prompt_ids(model)
+        except (ValueError, TypeError) as e:
+            raise job.field_error(str(e)) from None
+        with self.server.slot(prompt) as model:
+            events = self._samples(job, model)
             try:
-                prompt_tokens = job.prompt_tokens(model)
+                prompt_tokens = len(prompt)
                 first = next(events)  # messages and options are checked before any byte is sent
             except RequestError:
                 raise
@@ -239,9 +267,9 @@ class Handler(BaseHTTPRequestHandler):
             finally:
                 events.close()
 
-    def _samples(self, job: Job) -> Iterator[tuple[int, Token | Completion]]:
+    def _samples(self, job: Job, model: Model) -> Iterator[tuple[int, Token | Completion]]:
         for i in range(job.n):
-            events = job.events(self.server.model, i)
+            events = job.events(model, i)
             try:
                 for event in events:
                     yield i, event
@@ -302,10 +330,23 @@ def _fold(events: Iterator[tuple[int, Token | Completion]]) -> list[Sample]:
     return samples
 
 
+def default_parallel(model: Model) -> int:
+    """Slots for `cactus serve` when --parallel is not given: batching pays most where decode is
+    bound by reading the weights, so two per core for models under 4 GiB, one per core above
+    (their caches and steps are larger), 1 to 8."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    per_core = 2 if model.engine.weights.file.path.stat().st_size < 4 << 30 else 1
+    return max(1, min(8, per_core * cores))
+
+
 def serve(model: Model, model_name: str, host: str = "127.0.0.1", port: int = 8080, verbose: bool = False,
-          ready=None, cors: list[str] | None = None, timeout_s: float = TIMEOUT_S, cache_mb: float = CACHE_MB) -> None:
+          ready=None, cors: list[str] | None = None, timeout_s: float = TIMEOUT_S, cache_mb: float = CACHE_MB,
+          parallel: int = 1) -> None:
     """Serve until interrupted. `ready(server)` is called once the socket is listening."""
-    server = Server((host, port), model, model_name, verbose, cors=cors, timeout_s=timeout_s, cache_mb=cache_mb)
+    server = Server((host, port), model, model_name, verbose, cors=cors, timeout_s=timeout_s, cache_mb=cache_mb,
+                    parallel=parallel)
     if ready:
         ready(server)
     try:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+
 class PromptLookup:
     """Drafts by n-gram match over the history (prompt + answer so far). An index from each
     n-gram to the position after its latest occurrence is kept up to date as the history grows."""
@@ -54,35 +55,27 @@ class PromptLookup:
 
 
 class DraftModel:
-    """A draft model's engine (a converted LFM2 model with the same tokenizer) and the ids its
-    caches hold. `draft` extends them to the history, drafts k argmax tokens, and goes back."""
+    """A draft model (a converted LFM2 model with the same tokenizer) on its own `Session`: each
+    `draft` brings its caches to the history (only what they lack), drafts k argmax tokens, and
+    goes back to the history's end (the session's prompt boundary)."""
 
-    def __init__(self, engine):
-        self.engine = engine
-        self.ids: list[int] = []
-        self.snap = None
-        self.logits = None
+    def __init__(self, session):
+        self.session = session
 
     def draft(self, history: list[int], k: int) -> list[int]:
-        e = self.engine
-        k = min(k, e.max_context - len(history))
+        s = self.session
+        k = min(k, s.model.max_context - len(history))
         if k < 1:
             return []
-        n = _common_prefix(self.ids, history)
-        if n < len(self.ids) or n == 0:  # a new conversation
-            e.reset()
-            self.ids, n = [], 0
-        elif self.snap is not None:
-            e.restore(self.snap)
-        if n < len(history):
-            self.logits = e.forward(history[n:], last_only=True)[-1]
-            self.ids = list(history)
-            self.snap = e.snapshot()
-        out, logits = [], self.logits
-        for i in range(k):
-            out.append(int(np.argmax(logits)))
-            if i + 1 < k:
-                logits = e.forward(out[-1:], last_only=True)[-1]
+        logits, _ = s.prefill(history)
+        out = []
+        try:
+            for i in range(k):
+                out.append(int(np.argmax(logits)))
+                if i + 1 < k:
+                    logits = s.model.forward(out[-1:], last_only=True)[-1]
+        finally:
+            s.model.restore(s.boundary.snapshot)
         return out
 
 
@@ -167,12 +160,3 @@ def same_tokenizer(a: Path, b: Path) -> bool:
     from .tokenizer import Tokenizer
 
     return Tokenizer(a).vocab() == Tokenizer(b).vocab()
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
