@@ -131,3 +131,23 @@ def test_slots_need_their_own_tokenizer_files(demo):
     slot = demo.slots(1)[0]
     assert isinstance(slot, Model) and isinstance(slot.tokenizer, Tokenizer)
     assert slot.engine is not demo.engine and slot.engine.net is demo.engine.net  # the weights are shared
+
+
+def test_bench_batch_and_verify(tmp_path):
+    """`cactus bench --batch B --verify K`: the aggregate of B sequences as decode_tps beside the
+    single stream's, per-sequence tok/s, memory per extra sequence, and verify_cost."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "cactus.cli", "bench", "--synthetic", "tiny", "--quant", "int8",
+                        "--prompt", "16", "--gen", "8", "--runs", "1", "--batch", "3", "--verify", "4", "--json"],
+                       capture_output=True, text=True, timeout=600, env=dict(os.environ, CACTUS_HOME=str(tmp_path)))
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["batch"] == 3 and res["decode_tps"] == res["decode_tps_all"][0]
+    assert res["decode_tps_per_sequence"] == pytest.approx(res["decode_tps"] / 3)
+    assert res["decode_tps_batch1"] > 0 and res["batch_speedup"] > 0
+    assert res["verify_tokens"] == 4 and res["verify_cost"] > 0
+    assert res["anon_mb_per_extra_sequence"] is None or res["anon_mb_per_extra_sequence"] >= 0

@@ -2,7 +2,7 @@
 bandwidth next to the machine's own read bandwidth, measured in the same run.
 
     cactus bench [MODEL_DIR] [--synthetic NAME] [--quant int4|int8] [--prompt N] [--gen N]
-                 [--threads T] [--runs R] [--json]
+                 [--threads T] [--runs R] [--batch B] [--verify K] [--json]
 
 Effective weight bandwidth = bytes of weights read per decoded token (active experts only, plus
 the dense parts and the LM head) x decode tok/s. Memory bandwidth is measured in a child process
@@ -185,7 +185,51 @@ def warm_page_cache(model) -> float:
     return time.perf_counter() - t
 
 
-def run(model_dir: Path, prompt: int, gen: int, runs: int, threads: int | None, seed: int = 0) -> dict:
+def decode_batch(model, snap, tok: int, batch: int, gen: int, seed: int = 0) -> tuple[float, float | None]:
+    """Decode `gen` tokens of `batch` sequences together (one tape call per step, batch.py), each
+    starting from the prompt's caches (`snap`, detached) with its own first token so their routes
+    differ -> (wall seconds, peak anonymous bytes the extra caches took, when the OS tells)."""
+    V = model.config.vocab_size
+    toks = np.array([tok, *np.random.default_rng(seed).integers(0, V, batch - 1)], np.int64)
+    with AnonSampler() as anon:
+        base = anon.peak
+        caches = []
+        for _ in range(batch):
+            model.restore(snap)
+            caches.append(model.cache)
+            model.cache = model.net.make_cache(model.max_context)
+        pos = np.full(batch, snap.n_past, np.int64)
+        seqs = np.arange(batch)
+        t = time.perf_counter()
+        for _ in range(gen):
+            toks = model.net.step(toks, seqs, pos, caches).argmax(-1)
+            pos += 1
+        wall = time.perf_counter() - t
+    model.reset()
+    return wall, None if base is None or anon.peak is None else anon.peak - base
+
+
+def verify_cost(model, snap, k: int, reps: int = 9) -> dict:
+    """One forward over k tokens (Engine.verify: a decode step's token and k-1 drafts) as a multiple
+    of one decode step, both timed from the same caches, alternated; medians."""
+    one, many = [], []
+    ids = np.arange(k, dtype=np.int64) % model.config.vocab_size
+    for _ in range(reps):
+        model.restore(snap)
+        t = time.perf_counter()
+        model.forward(ids[:1])
+        one.append(time.perf_counter() - t)
+        model.restore(snap)
+        t = time.perf_counter()
+        model.verify(ids)
+        many.append(time.perf_counter() - t)
+    med = statistics.median
+    return {"verify_tokens": k, "step_ms": med(one) * 1e3, "verify_ms": med(many) * 1e3,
+            "verify_cost": med(many) / med(one)}
+
+
+def run(model_dir: Path, prompt: int, gen: int, runs: int, threads: int | None, seed: int = 0, batch: int = 1,
+        verify: int | None = None) -> dict:
     from . import engine, ops
 
     if threads:
@@ -203,6 +247,9 @@ def run(model_dir: Path, prompt: int, gen: int, runs: int, threads: int | None, 
         ids = np.random.default_rng(seed).integers(0, model.config.vocab_size, prompt)
         logits = model.forward(ids[:8], last_only=True)  # warm-up: threads, first-touch of scratch
         prefill, ttft, decode, overhead, team, bw, compute, steal = [], [], [], [], [], [], [], []
+        batched, verified = [], []
+        if verify and verify + 1 > model.max_context - prompt:
+            model = engine.load(model_dir, max_context=prompt + max(gen, verify) + 8)
         for _ in range(runs):
             c0 = measure_compute(nthreads, model.quant)
             model.reset()
@@ -228,6 +275,15 @@ def run(model_dir: Path, prompt: int, gen: int, runs: int, threads: int | None, 
             team.append((jobs1[0] - jobs0[0]) / max(1, jobs1[0] - jobs0[0] + jobs1[1] - jobs0[1]))
             decode.append(gen / wall)
             overhead.append(max(0.0, 1.0 - kernel_ns / 1e9 / wall))
+            if batch > 1 or verify:
+                model.reset()
+                model.forward(ids, last_only=True)
+                snap = model.snapshot(detach=True)
+            if batch > 1:  # B sequences decoded together, right after the single stream, same bandwidth
+                bwall, extra = decode_batch(model, snap, tok, batch, gen, seed)
+                batched.append((batch * gen / bwall, measure_bandwidth(nthreads), extra))
+            if verify:
+                verified.append(verify_cost(model, snap, verify))
     wb = weight_bytes_per_token(model)
     macs = weight_macs_per_prompt_token(model)
     med = statistics.median
@@ -247,11 +303,26 @@ def run(model_dir: Path, prompt: int, gen: int, runs: int, threads: int | None, 
         "peak_rss_mb": memory.peak_rss_bytes() / 2**20, "peak_anon_rss_mb": _mb(anon.peak),
         "peak_shmem_rss_mb": _mb(anon.peak_shmem), "anon_rss_source": memory.PRIVATE_NAME,
     })
+    if batched:  # decode_tps becomes the aggregate of the batch; the single stream's stays beside it
+        agg = [a for a, _, _ in batched]
+        extra = [x for _, _, x in batched if x is not None]
+        res.update({
+            "batch": batch, "decode_tps": med(agg), "decode_tps_all": agg, "decode_tps_batch1": med(decode),
+            "decode_tps_batch1_all": decode, "decode_tps_per_sequence": med(agg) / batch,
+            "batch_speedup": med(agg) / med(decode), "batch_bw_gbs_after_all": [b for _, b, _ in batched],
+            "anon_mb_per_extra_sequence": _mb(max(extra) / (batch - 1)) if extra else None,
+        })
+    if verified:
+        res.update({"verify_tokens": verify, "verify_cost": med(v["verify_cost"] for v in verified),
+                    "verify_cost_all": [v["verify_cost"] for v in verified],
+                    "verify_step_ms": med(v["step_ms"] for v in verified),
+                    "verify_ms": med(v["verify_ms"] for v in verified)})
     return res
 
 
 def format_result(r: dict) -> str:
-    per_run = zip(r["decode_tps_all"], r["bw_gbs_all"], r["effective_pct_of_bw_all"], strict=True)
+    single = r.get("decode_tps_batch1_all", r["decode_tps_all"])
+    per_run = zip(single, r["bw_gbs_all"], r["effective_pct_of_bw_all"], strict=True)
     runs = ", ".join(f"{d:.2f} at {(b0 + b1) / 2:.1f} GB/s = {p:.0f}%" + ("" if st is None else f" (steal {st:.0f}%)")
                      for (d, (b0, b1), p), st in zip(per_run, r["decode_steal_pct_all"], strict=True))
     return "\n".join([
@@ -263,7 +334,7 @@ def format_result(r: dict) -> str:
         f"{r['prefill_pct_of_compute']:.0f}% of the kernels' in-cache rate measured around each run ("
         + ", ".join(f"{c:.0f}" for c in r["compute_gmacs_all"]) + " GMAC/s)",
         f"time to first  {r['ttft_ms']:.0f} ms",
-        f"decode         {r['decode_tps']:.2f} tok/s   ({r['gen']} tokens)",
+        f"decode         {r.get('decode_tps_batch1', r['decode_tps']):.2f} tok/s   ({r['gen']} tokens)",
         f"weights/token  {r['weight_bytes_per_token'] / 1e6:.1f} MB",
         f"effective bw   {r['effective_gbs']:.1f} GB/s; median {r['effective_pct_of_bw']:.0f}% of the memory "
         f"bandwidth measured around each run",
@@ -273,7 +344,22 @@ def format_result(r: dict) -> str:
         f"python share   {r['python_overhead_pct']:.1f}% of decode time outside kernels",
         f"threads        {r['decode_jobs_on_all_threads_pct']:.0f}% of decode jobs ran on all {r['threads']} threads "
         f"(the rest on one: the pool measures which is faster on this machine now)",
-    ])
+    ] + _extra_lines(r))
+
+
+def _extra_lines(r: dict) -> list[str]:
+    out = []
+    if "batch" in r:
+        mem = r["anon_mb_per_extra_sequence"]
+        out += [f"batch {r['batch']:<8} {r['decode_tps']:.2f} tok/s aggregate ({r['decode_tps_per_sequence']:.2f} per "
+                f"sequence) = x{r['batch_speedup']:.2f} the single stream; runs: "
+                + ", ".join(f"{x:.2f}" for x in r["decode_tps_all"])
+                + ("" if mem is None else f"; {mem:.1f} MB anonymous per extra sequence")]
+    if "verify_cost" in r:
+        out += [f"verify {r['verify_tokens']:<7} {r['verify_cost']:.2f} decode steps for one forward over "
+                f"{r['verify_tokens']} tokens ({r['verify_ms']:.1f} ms against {r['verify_step_ms']:.1f} ms); runs: "
+                + ", ".join(f"{x:.2f}" for x in r["verify_cost_all"])]
+    return out
 
 
 def _mb(nbytes: int | None) -> float | None:
@@ -309,6 +395,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--gen", type=_count, default=64, help="decoded tokens (default 64)")
     p.add_argument("--threads", type=_count, help="kernel threads (default: CACTUS_THREADS or fast physical cores)")
     p.add_argument("--runs", type=_count, default=3, help="runs; medians are reported (default 3)")
+    p.add_argument("--batch", type=_count, default=1, metavar="B",
+                   help="also decode B sequences together after each single-stream run: aggregate and "
+                        "per-sequence tok/s (decode_tps in --json becomes the aggregate)")
+    p.add_argument("--verify", type=_count, default=None, metavar="K",
+                   help="also time one forward over K tokens (speculative verification) as a multiple of one "
+                        "decode step (verify_cost)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 
@@ -332,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         from .cli import resolve_model  # a directory, a name from `cactus list`, or a repo id, as `cactus run`
 
         model_dir = resolve_model(args.model_dir, args.quant)
-    r = run(model_dir, args.prompt, args.gen, args.runs, args.threads)
+    r = run(model_dir, args.prompt, args.gen, args.runs, args.threads, batch=args.batch, verify=args.verify)
     print(json.dumps(r) if args.json else format_result(r))
     return 0
 
