@@ -57,7 +57,7 @@ def test_readme_command_runs(sandbox, command):
     if argv[1] in ("run",):
         argv += ["--max-tokens", "8"]
     if argv[1] == "serve":
-        pytest.skip("cactus serve is exercised with the openai client in test_cli.py")
+        pytest.skip("cactus serve is exercised with the openai client in test_server.py")
     if argv[1] == "bench":
         if "--synthetic" in argv:
             argv[argv.index("--synthetic") + 1] = "tiny"  # the real shapes take gigabytes
