@@ -169,16 +169,29 @@ def test_shape_errors_name_the_source_not_a_staging_dir(hf, tmp_path, capsys):
                                f"[13], config.json needs [12]")
 
 
-def test_load_back_errors_name_the_output_not_a_staging_dir(hf, tmp_path, capsys):
-    """What only loading the written model finds (here: conv biases the config asks for and the
-    checkpoint lacks) names the output directory the user gave."""
+def test_tensors_the_config_asks_for_are_checked_before_writing(hf, tmp_path, capsys):
+    """Conv biases the config asks for and the checkpoint lacks: refused before anything is written."""
     src = copy(hf, tmp_path / "hf")
     cfg = json.loads((src / "config.json").read_text())
     (src / "config.json").write_text(json.dumps(dict(cfg, conv_bias=True)))
     rc, err = cli(capsys, "convert", src, tmp_path / "out", "--quiet")
+    assert rc == 2 and err == (f"cactus convert: error: {src}: the checkpoint has no tensor "
+                               f"'model.layers.0.conv.conv.bias' (config.json needs it)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+
+
+def test_load_back_errors_name_the_output_not_a_staging_dir(hf, tmp_path, capsys, monkeypatch):
+    """What only loading the written model finds names the output directory the user gave."""
+    from cactus import engine
+
+    def load_fails(path):
+        raise WeightError(f"{path / 'model.safetensors'}: missing tensor 'x'")
+
+    monkeypatch.setattr(engine, "load", load_fails)
+    rc, err = cli(capsys, "convert", hf, tmp_path / "out", "--quiet")
     assert rc == 2 and err.startswith(f"cactus convert: error: {tmp_path / 'out' / 'model.safetensors'}: "
-                                      f"missing tensor 'model.layers.0.conv.")
-    assert ".partial-" not in err and sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+                                      f"missing tensor 'x'")
+    assert ".partial-" not in err and not (tmp_path / "out").exists()
 
 
 # ----------------------------------------------------------------------------- files changed under a process

@@ -1,8 +1,8 @@
-"""HuggingFace LFM2 / LFM2-MoE checkpoint (single or sharded safetensors) -> our weight directory.
+"""HuggingFace checkpoint (single or sharded safetensors) -> our weight directory.
 
-Names stay HF's, with two explicit exceptions: per-expert MoE weights
-(`feed_forward.experts.N.w1.weight`, or transformers' fused `gate_up_proj` / `down_proj`) are
-stacked into `feed_forward.experts.w{1,2,3}.weight` (E, ., .), and a tied `lm_head` is dropped.
+The architecture (models/<arch>.py, by the config's model_type) says what the tensors are: HF's
+names mapped to ours (`from_hf`: for LFM2, MoE experts stacked and a tied lm_head dropped), the
+shapes the config gives (`tensors`), and each one's format (`weight_format`).
 The output is written under a temporary name, loaded back once, and renamed into place only
 then; an existing output is renamed aside, never written over (docs/RELIABILITY.md).
 Refused before anything is written: an output that is, holds or lies inside the input; a checkpoint
@@ -13,7 +13,6 @@ shapes; a tensor whose shape the config does not give. A non-finite weight stops
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import ModelConfig
+from .models import architecture
 from .quant import DEFAULT_GROUP, FORMATS, embed_format, float_format
 from .weights import (
     FORMAT_VERSION,
@@ -36,20 +36,6 @@ from .weights import (
 # Files that travel with the weights: tokenizer, chat template, generation defaults.
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "chat_template.json",
               "special_tokens_map.json", "generation_config.json")
-_EXPERT = re.compile(r"^(model\.layers\.\d+\.feed_forward\.experts)\.(\d+)\.(w[123])\.weight$")
-_FUSED = re.compile(r"^(model\.layers\.\d+\.feed_forward\.experts)\.(gate_up_proj|down_proj)$")
-
-
-def weight_format(name: str, shape: tuple[int, ...], quant: str, embed_quant: str | None) -> str:
-    """Which format a tensor is stored in. Linear weights take `quant`; norms, conv kernels, biases,
-    the router and the expert bias stay f32 (tiny, and routing and normalisation are where
-    low precision hurts quality most). The tied embedding/LM head takes `embed_quant`."""
-    if name in ("model.embed_tokens.weight", "lm_head.weight"):
-        return embed_quant or quant
-    small = ("norm" in name or name.endswith(("conv.conv.weight", ".bias", "gate.weight", "expert_bias")))
-    if small or len(shape) < 2:
-        return "f32"
-    return quant
 
 
 def _index_files(index: Path) -> list[str]:
@@ -70,8 +56,12 @@ def _index_files(index: Path) -> list[str]:
     return sorted(set(weight_map.values()))
 
 
-class _Source:
-    """All tensors of a HF checkpoint directory, as f32 on demand (bf16/f16/f32 sources)."""
+Tensor = tuple[tuple[int, ...], Callable[[], np.ndarray], str]  # (logical shape, its f32 values, where from)
+
+
+class Source:
+    """All tensors of a HF checkpoint directory, as f32 on demand (bf16/f16/f32 sources): what an
+    architecture's `from_hf` maps to our tensors."""
 
     def __init__(self, hf_dir: Path):
         index = hf_dir / "model.safetensors.index.json"
@@ -86,6 +76,7 @@ class _Source:
             st = SafetensorsFile(hf_dir / f)
             for name in st.tensors:
                 self.arrays[name] = (st, st.dtypes[name])
+        self.names = sorted(n for n in self.arrays if not n.startswith("__pad__"))
 
     def shape(self, name: str) -> tuple[int, ...]:
         st, _ = self.arrays[name]
@@ -110,44 +101,23 @@ class _Source:
                               f"at index {first}: the checkpoint is damaged")
         return a
 
+    def tensor(self, name: str, rows: slice | None = None) -> Tensor:
+        """The tensor `name`, or a range of its rows (axis -2)."""
+        if rows is None:
+            return self.shape(name), lambda: self.f32(name), self.where(name)
+        shape = self.shape(name)
+        n = len(range(*rows.indices(shape[-2])))
+        return shape[:-2] + (n, shape[-1]), lambda: self.f32(name)[..., rows, :], self.where(name)
 
-def _logical_tensors(src: _Source, cfg: ModelConfig) -> dict[str, tuple[tuple[int, ...], Callable, str]]:
-    """Our tensor name -> (logical shape, producer of its f32 values, where it comes from)."""
-    out: dict[str, tuple[tuple[int, ...], Callable, str]] = {}
-    experts: dict[tuple[str, str], dict[int, str]] = {}
-    for name in sorted(src.arrays):
-        if name.startswith("__pad__"):
-            continue
-        m = _EXPERT.match(name)
-        if m:
-            experts.setdefault((m[1], m[3]), {})[int(m[2])] = name
-            continue
-        m = _FUSED.match(name)
-        if m:
-            e, rows, cols = src.shape(name)
-            if m[2] == "down_proj":
-                out[m[1] + ".w2.weight"] = ((e, rows, cols), lambda n=name: src.f32(n), src.where(name))
-            else:
-                half = rows // 2
-                out[m[1] + ".w1.weight"] = ((e, half, cols), lambda n=name, h=half: src.f32(n)[:, :h], src.where(name))
-                out[m[1] + ".w3.weight"] = ((e, half, cols), lambda n=name, h=half: src.f32(n)[:, h:], src.where(name))
-            continue
-        if name == "lm_head.weight" and cfg.tie_word_embeddings:
-            continue
-        out[name] = (src.shape(name), lambda n=name: src.f32(n), src.where(name))
-    for (prefix, w), by_idx in experts.items():
-        if sorted(by_idx) != list(range(cfg.num_experts)):
-            raise WeightError(f"{prefix}.*.{w}.weight: found experts {sorted(by_idx)}, "
-                              f"config has num_experts={cfg.num_experts}")
-        names = [by_idx[i] for i in range(cfg.num_experts)]
+    def experts(self, names: list[str], label: str) -> Tensor:
+        """Per-expert tensors `names` (expert 0 first), all of one shape, stacked into one (E, ...)."""
+        first = self.shape(names[0])
         for n in names[1:]:
-            if src.shape(n) != src.shape(names[0]):
-                raise WeightError(f"{src.where(n)} has shape {list(src.shape(n))}, expert 0 "
-                                  f"('{names[0]}') has {list(src.shape(names[0]))}: all experts need one shape")
-        shape = (len(names),) + src.shape(names[0])
-        out[f"{prefix}.{w}.weight"] = (shape, lambda ns=names: np.stack([src.f32(n) for n in ns]),
-                                       f"{src.arrays[names[0]][0].path}: tensors '{prefix}.*.{w}.weight'")
-    return out
+            if self.shape(n) != first:
+                raise WeightError(f"{self.where(n)} has shape {list(self.shape(n))}, expert 0 "
+                                  f"('{names[0]}') has {list(first)}: all experts need one shape")
+        return ((len(names),) + first, lambda: np.stack([self.f32(n) for n in names]),
+                f"{self.arrays[names[0]][0].path}: tensors '{label}'")
 
 
 def convert(hf_dir: str | Path, out_dir: str | Path, quant: str = "int4", group_size: int = DEFAULT_GROUP,
@@ -172,15 +142,15 @@ def convert(hf_dir: str | Path, out_dir: str | Path, quant: str = "int4", group_
         raise WeightError(f"{cfg_path}: not valid JSON ({e})") from None
     _check_output(hf_dir, out_dir, overwrite)
     cfg = ModelConfig.from_dict(cfg_dict, str(cfg_path))
+    arch = architecture(cfg.model_type)
     if chat:
         _check_chat_files(hf_dir)
-    src = _Source(hf_dir)
-    logical = _logical_tensors(src, cfg)
-    _check_shapes(logical, cfg, hf_dir)
+    logical = arch.from_hf(Source(hf_dir), cfg)
+    _check_shapes(logical, arch.tensors(cfg), hf_dir)
 
     planned, info = [], {}
     for name, (shape, produce, _) in logical.items():
-        fmt = weight_format(name, shape, quant, embed_quant)
+        fmt = arch.weight_format(name, shape, quant, embed_quant)
         pieces, meta = plan_weight(name, fmt, shape, group_size, produce)
         planned += pieces
         info[name] = meta
@@ -255,11 +225,9 @@ def _check_chat_files(hf_dir: Path) -> None:
                           f"tokenizer_config.json): {hint}") from None
 
 
-def _check_shapes(logical: dict, cfg: ModelConfig, hf_dir: Path) -> None:
+def _check_shapes(logical: dict[str, Tensor], needed: dict[str, tuple[int, ...]], hf_dir: Path) -> None:
     """Every tensor the model reads is there with the shape its config gives (named in the source)."""
-    from .synthetic import logical_tensors
-
-    for name, shape in logical_tensors(cfg).items():
+    for name, shape in needed.items():
         if name not in logical:
             raise WeightError(f"{hf_dir}: the checkpoint has no tensor '{name}' (config.json needs it)")
         have, _, where = logical[name]

@@ -2,7 +2,8 @@
 
 Quantized tensors are made directly in their stored layout (random int8 / packed int4 bytes and
 fp16 scales sized so each layer keeps unit-scale activations), so a 13 GB model takes disk speed,
-not quantization time. Tensor names, formats and metadata are exactly convert.py's.
+not quantization time. Tensor names, formats and metadata are exactly convert.py's, from the
+architecture module (tensors, weight_format; random_init for the float tensors' scale).
 Kept among the converted models, as <cactus home>/models/synthetic-NAME-QUANT (hub.py: default
 ~/.cache/cactus/models; `cactus list` shows it, `cactus rm` removes it); written once, atomically.
 """
@@ -18,7 +19,7 @@ import numpy as np
 
 from . import shapes
 from .config import ModelConfig
-from .convert import weight_format
+from .models import architecture
 from .quant import DEFAULT_GROUP, FORMATS, embed_format
 from .weights import (
     FORMAT_VERSION,
@@ -38,38 +39,14 @@ def model_dir(name: str, quant: str) -> Path:
 
 
 def logical_tensors(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Our tensor names and logical shapes for a config (as convert.py writes them)."""
-    d, hd, L = cfg.hidden_size, cfg.head_dim, cfg.conv_L_cache
-    out = {"model.embed_tokens.weight": (cfg.vocab_size, d), "model.embedding_norm.weight": (d,)}
-    for i in range(cfg.num_hidden_layers):
-        p = f"model.layers.{i}."
-        out[p + "operator_norm.weight"] = (d,)
-        out[p + "ffn_norm.weight"] = (d,)
-        if cfg.is_attention(i):
-            a = p + "self_attn."
-            out.update({a + "q_proj.weight": (cfg.num_attention_heads * hd, d),
-                        a + "k_proj.weight": (cfg.num_key_value_heads * hd, d),
-                        a + "v_proj.weight": (cfg.num_key_value_heads * hd, d),
-                        a + "out_proj.weight": (d, cfg.num_attention_heads * hd),
-                        a + "q_layernorm.weight": (hd,), a + "k_layernorm.weight": (hd,)})
-        else:
-            c = p + "conv."
-            out.update({c + "in_proj.weight": (3 * d, d), c + "out_proj.weight": (d, d), c + "conv.weight": (d, 1, L)})
-        f = p + "feed_forward."
-        if cfg.is_moe_layer(i):
-            e, im = cfg.num_experts, cfg.moe_intermediate_size
-            out.update({f + "gate.weight": (e, d), f + "experts.w1.weight": (e, im, d),
-                        f + "experts.w3.weight": (e, im, d), f + "experts.w2.weight": (e, d, im)})
-            if cfg.use_expert_bias:
-                out[f + "expert_bias"] = (e,)
-        else:
-            ff = cfg.intermediate_size
-            out.update({f + "w1.weight": (ff, d), f + "w3.weight": (ff, d), f + "w2.weight": (d, ff)})
-    return out
+    """Our tensor names and logical shapes for a config (its architecture's `tensors`, as convert writes them)."""
+    return architecture(cfg.model_type).tensors(cfg)
 
 
-def _producers(name: str, fmt: str, shape: tuple[int, ...], group: int, seed: int) -> list[Callable[[], np.ndarray]]:
-    """Makers of the stored arrays (data, then scales for grouped formats), in the format's layout order."""
+def _producers(name: str, fmt: str, shape: tuple[int, ...], group: int, seed: int,
+               init: tuple[float, float] | None) -> list[Callable[[], np.ndarray]]:
+    """Makers of the stored arrays (data, then scales for grouped formats), in the format's layout
+    order; a float tensor drawn with init's (mean, std), by default N(0, 1/K)."""
     f = FORMATS[fmt]
 
     def rng():
@@ -82,15 +59,8 @@ def _producers(name: str, fmt: str, shape: tuple[int, ...], group: int, seed: in
         return [lambda: f.random(rng(), dshape, k), lambda: (s * rng().uniform(0.8, 1.2, sshape)).astype(np.float16)]
 
     def floats():
-        r = rng()
-        if "norm" in name:
-            w = 1.0 + 0.1 * r.standard_normal(shape)
-        elif name.endswith("conv.weight"):
-            w = 0.5 * r.standard_normal(shape)
-        elif name.endswith("expert_bias"):
-            w = 0.01 * r.standard_normal(shape)
-        else:
-            w = r.standard_normal(shape) / np.sqrt(shape[-1])
+        x = rng().standard_normal(shape)
+        w = x / np.sqrt(shape[-1]) if init is None else init[0] + init[1] * x
         return f.quantize(w.astype(np.float32), group)[0]
 
     return [floats]
@@ -102,11 +72,12 @@ def write(name: str, quant: str, out_dir: str | Path, group: int = DEFAULT_GROUP
     out_dir = Path(out_dir)
     cfg_dict = shapes.config(name)
     cfg = ModelConfig.from_dict(cfg_dict, f"shape {name}")
-    embed_quant = embed_format(quant)
+    arch, embed_quant = architecture(cfg.model_type), embed_format(quant)
     planned, info = [], {}
     for tname, shape in logical_tensors(cfg).items():
-        fmt = weight_format(tname, shape, quant, embed_quant)
-        pieces, info[tname] = plan_stored(tname, fmt, shape, group, _producers(tname, fmt, shape, group, seed))
+        fmt = arch.weight_format(tname, shape, quant, embed_quant)
+        makers = _producers(tname, fmt, shape, group, seed, arch.random_init(tname))
+        pieces, info[tname] = plan_stored(tname, fmt, shape, group, makers)
         planned += pieces
     metadata = {"format": "cactus", "cactus.format_version": str(FORMAT_VERSION),
                 "cactus.tensors": json.dumps(info, separators=(",", ":")), "cactus.synthetic": name}
