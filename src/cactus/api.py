@@ -222,8 +222,8 @@ class Model:
     def slots(self, n: int) -> list[Model]:
         """n handles on this model's weights, each with its own caches, whose decode steps are
         batched together (batch.py); kept and reused (their conversations too). The server's
-        parallel slots and `complete_batch` run on them; while they run, this handle must not
-        generate (the kernels run on one thread at a time)."""
+        parallel slots and `complete_batch` run on them; each is a handle of its own (one call at
+        a time on each), and this one stays usable beside them (kernel calls take turns)."""
         from .batch import Batcher
 
         if self._batcher is None:

@@ -34,6 +34,7 @@ import numpy as np
 
 from . import memory
 from .cpus import cpu_name
+from .quant import FORMATS
 
 
 class AnonSampler:
@@ -108,32 +109,10 @@ def measure_bandwidth(threads: int, mib: int = 512, reps: int = 7) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def _weights(model):
-    """(part, tensor, share) for each weight of the net: share = the fraction a token reads (top_k / E
-    of an expert stack, 1 otherwise); part = dense, experts, lm_head or embed."""
-    from .models.lfm2 import MoE, ShortConv
-
-    net = model.net
-    for b in net.blocks:
-        yield from (("dense", b.operator_norm, 1), ("dense", b.ffn_norm, 1))
-        op = b.op
-        if isinstance(op, ShortConv):
-            yield from (("dense", t, 1) for t in (op.in_proj, op.out_proj, op.conv))
-        else:
-            yield from (("dense", t, 1) for t in (op.q_proj, op.k_proj, op.v_proj, op.out_proj, op.q_norm, op.k_norm))
-        f = b.ffn
-        if isinstance(f, MoE):
-            yield from (("dense", t, 1) for t in (f.gate, f.expert_bias) if t is not None)
-            yield from (("experts", t, f.top_k / f.w1.shape[0]) for t in (f.w1, f.w3, f.w2))
-        else:
-            yield from (("dense", t, 1) for t in (f.w1, f.w2, f.w3))
-    yield from (("lm_head", net.lm_head, 1), ("lm_head", net.norm, 1), ("embed", net.embed, 1 / net.embed.shape[0]))
-
-
 def weight_bytes_per_token(model) -> dict[str, int]:
     """Bytes of weights one decoded token reads: every dense tensor once, A/E of each expert stack."""
     out = {"dense": 0, "experts": 0, "lm_head": 0, "embed_row": 0}
-    for part, t, share in _weights(model):
+    for part, t, share in model.net.token_reads():
         out["embed_row" if part == "embed" else part] += round(t.nbytes * share)
     out["total"] = sum(out.values())
     return out
@@ -144,7 +123,7 @@ def weight_macs_per_prompt_token(model) -> int:
     experts; the LM head runs for the last token only, attention's own products are left out)."""
     from .quant import QTensor
 
-    return round(sum(np.prod(t.shape) * share for part, t, share in _weights(model)
+    return round(sum(np.prod(t.shape) * share for part, t, share in model.net.token_reads()
                      if part in ("dense", "experts") and isinstance(t, QTensor)))  # norms and conv: arrays
 
 
@@ -390,7 +369,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir", nargs="?", help="a converted model directory, a name from `cactus list`, "
                                                 "or a HuggingFace repo id")
     p.add_argument("--synthetic", metavar="NAME", help="random weights of a published shape (cactus.shapes)")
-    p.add_argument("--quant", default="int4", choices=["int4", "int8", "f16", "bf16", "f32"])
+    p.add_argument("--quant", default="int4", choices=list(FORMATS))
     p.add_argument("--prompt", type=_count, default=512, help="prompt tokens (default 512)")
     p.add_argument("--gen", type=_count, default=64, help="decoded tokens (default 64)")
     p.add_argument("--threads", type=_count, help="kernel threads (default: CACTUS_THREADS or fast physical cores)")

@@ -277,6 +277,8 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .quant import FORMATS
+
     p = argparse.ArgumentParser(prog="cactus", description="Run LFM2 / LFM2-MoE models on a CPU.")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -288,10 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("hf_dir", type=Path, help="HuggingFace checkpoint directory")
     c.add_argument("out_dir", type=Path, help="output directory (e.g. ~/.cache/cactus/models/my-model: "
                                               "`cactus run my-model` and `cactus list` then find it)")
-    c.add_argument("--quant", default="int4", choices=["f32", "f16", "bf16", "int8", "int4"],
+    c.add_argument("--quant", default="int4", choices=list(FORMATS),
                    help="weight format of the linear layers (default: int4)")
     c.add_argument("--group-size", type=int, default=32, help="quantization group size (multiple of 32)")
-    c.add_argument("--embed-quant", default=None, choices=["f32", "f16", "bf16", "int8", "int4"],
+    c.add_argument("--embed-quant", default=None, choices=list(FORMATS),
                    help="format of the tied embedding / LM head (default: int8 for int4, else --quant)")
     c.add_argument("--force", action="store_true", help="replace OUT_DIR if it holds a cactus model")
     c.add_argument("--no-chat", dest="no_chat", action="store_true",
@@ -308,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "INT4, and gets a -<quant> suffix for any other quant "
                                    "(lfm2-8b-a1b, lfm2-8b-a1b-int8).")
     d.add_argument("repo", help="HuggingFace repo id, e.g. LiquidAI/LFM2-24B-A2B")
-    d.add_argument("--quant", default="int4", choices=["f32", "f16", "bf16", "int8", "int4"],
+    d.add_argument("--quant", default="int4", choices=list(FORMATS),
                    help="weight format (default: int4)")
     d.add_argument("--out", type=Path, default=None,
                    help="output directory (default: <cactus home>/models/<name>, see above)")
@@ -332,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("model", nargs="?", default=None,
                        help="a model directory, a name from `cactus list`, a HuggingFace repo id (downloaded "
                             "and converted on first use), or 'demo' (default: the built-in demo model)")
-        p.add_argument("--quant", default="int4", choices=["f16", "int8", "int4"],
+        p.add_argument("--quant", default="int4", choices=list(FORMATS),
                        help="for a repo id: which conversion (each quant has its own directory; converted "
                             "on first use)")
         p.add_argument("--context", type=context_type, default=None,

@@ -288,7 +288,8 @@ def _messages(input: Any, instructions: Any) -> list:
             raise RequestError(400, f"{where} must be an object", where)
         kind = item.get("type", "message")
         if kind == "message":
-            role = {"developer": "system"}.get(item.get("role"), item.get("role"))
+            role = item.get("role")
+            role = "system" if role == "developer" else role
             if role not in ("user", "system", "assistant"):
                 raise RequestError(400, f"{where}.role must be user, system, developer or assistant, got "
                                         f"{item.get('role')!r}", f"{where}.role")

@@ -506,8 +506,8 @@ class Tape:
             self._written = sorted({op.layer for op in self.ops if op.name == "kv_store"})  # caches that advance
         ids, seqs, positions = _i64(ids), _i64(seqs), _i64(positions)
         inputs = conv_inputs or {}
-        states = tuple(tuple((c.tape_state(), inputs[i]) if i in inputs else c.tape_state() for i, c in enumerate(cache))
-                       for cache in caches)
+        states = tuple(tuple((c.tape_state(), inputs[i]) if i in inputs else c.tape_state()
+                             for i, c in enumerate(cache)) for cache in caches)
         logits = self._kernel.run(ids, seqs, positions, states)
         for s, p in zip(seqs.tolist(), positions.tolist(), strict=True):
             cache = caches[s]
