@@ -31,7 +31,7 @@ TURNS = {
 def demo_turns(runs: int, max_tokens: int) -> dict:
     from cactus.api import Model
     from cactus.demo import demo_path
-    from cactus.generate import Finish, generate
+    from cactus.generate import collect, generate
     from cactus.sampling import SamplingOptions
 
     out = {}
@@ -44,12 +44,8 @@ def demo_turns(runs: int, max_tokens: int) -> dict:
                     m.session.reset()
                     m.session.prefill(prompt)  # prefill outside the timing: decode is what changes
                     opts = SamplingOptions(max_tokens=max_tokens, speculative=mode)
-                    ids, f = [], None
-                    for ev in generate(m.session, m.tokenizer, prompt, opts, stop_ids=m.stop_ids):
-                        if isinstance(ev, Finish):
-                            f = ev
-                        else:
-                            ids.append(ev.id)
+                    g = collect(generate(m.session, m.tokenizer, prompt, opts, stop_ids=m.stop_ids))
+                    ids, f = g.token_ids, g.finish
                     tps[mode].append(f.decode_tokens / f.decode_s)
                     answers[mode] = ids
                     if mode == "prompt":

@@ -15,7 +15,7 @@ from cactus import ops
 from cactus.api import Model
 from cactus.convert import convert
 from cactus.engine import load
-from cactus.generate import Finish, generate
+from cactus.generate import collect, generate
 from cactus.sampling import OptionError, SamplingOptions
 from cactus.speculative import PromptLookup
 
@@ -90,13 +90,8 @@ def perimeter(w, h):
 
 def _run(model, prompt_ids, **options):
     opts = SamplingOptions.parse(None, defaults=model.defaults, **options)
-    ids, finish = [], None
-    for ev in generate(model.session, model.tokenizer, prompt_ids, opts, stop_ids=model.stop_ids):
-        if isinstance(ev, Finish):
-            finish = ev
-        else:
-            ids.append(ev.id)
-    return ids, finish
+    g = collect(generate(model.session, model.tokenizer, prompt_ids, opts, stop_ids=model.stop_ids))
+    return g.token_ids, g.finish
 
 
 def _repeat_prompt(model) -> list[int]:
