@@ -93,6 +93,39 @@ static void test_gemm(const Kernels *k, int fmt, int64_t T, int64_t n, int64_t k
     free(x); free(y); free(ref); free(w.data); free(w.scales);
 }
 
+/* qgemm with ActLayout.one_token (the tape's steps: batched decode, verification): every token's
+ * row must be, bit for bit, what a one-token call gives it, for nt = 1..17 (4-token blocks, their
+ * 1-3 leftovers, and past AVX2's 16 tokens transposed at once), over rows [r0, r1) (an odd count,
+ * not from 0: int4's rows r and r + h), K with a tail of < 8 groups. Rows outside are not written. */
+static void test_one_token(const Kernels *k, int fmt, int64_t n, int64_t kk, int64_t r0, int64_t r1) {
+    enum { T = 17 };
+    Owned w = make_weight(fmt, n, kk, 32);
+    ActLayout L;
+    act_layout(&L, kk, 32, fmt);
+    L.one_token = 1;
+    uint8_t *a = calloc((size_t)(T * L.stride), 1), *scr = malloc(kernels_scratch_bytes(w.m.kp) + 64);
+    float *x = malloc((size_t)kk * 4), *y = malloc((size_t)(T * n) * 4), *one = malloc((size_t)n * 4);
+    for (int64_t t = 0; t < T; t++) {
+        for (int64_t i = 0; i < kk; i++) x[i] = frand();
+        k->quantize(&L, a + t * L.stride, x, 0, L.nga);
+    }
+    int bad = 0;
+    for (int64_t nt = 1; nt <= T && !bad; nt++) {
+        for (int64_t i = 0; i < T * n; i++) y[i] = -7.0f;
+        k->qgemm(y, n, &w.m, &L, a, nt, r0, r1, scr);
+        for (int64_t t = 0; t < nt; t++) {
+            k->qgemm(one, n, &w.m, &L, a + t * L.stride, 1, r0, r1, scr);
+            if (memcmp(one + r0, y + t * n + r0, (size_t)(r1 - r0) * 4)) bad = 1;
+            for (int64_t r = 0; r < n; r++) bad |= (r < r0 || r >= r1) && y[t * n + r] != -7.0f;
+        }
+        if (bad) printf("FAIL one_token [%s] fmt=%d N=%lld K=%lld rows [%lld, %lld) nt=%lld\n", k->name, fmt, (long long)n,
+                        (long long)kk, (long long)r0, (long long)r1, (long long)nt);
+    }
+    if (bad) failed++;
+    else passed++;
+    free(a); free(scr); free(x); free(y); free(one); free(w.data); free(w.scales);
+}
+
 /* step: rows per limit (4: a GQA group at one position; 1: every row its own limit, so a block of
  * 4 rows mixes limits and the last key block can lie past some rows' limits). */
 static void test_attn(const Kernels *k, int f16, int64_t R, int64_t hd, int64_t S, int64_t step) {
@@ -260,6 +293,9 @@ int main(void) {
         }
         tiny_scales = 0;
         for (int fmt = FMT_INT8; fmt <= FMT_INT4; fmt++) {
+            test_one_token(k, fmt, 37, 2000, 3, 34);  /* 7 blocks of 8 groups and 7 groups */
+            test_one_token(k, fmt, 20, 300, 1, 20);   /* 1 and 2 */
+            test_one_token(k, fmt, 9, 200, 0, 9);     /* a tail only */
             test_quantize(k, fmt, 2048);
             test_quantize(k, fmt, 1000);
             test_quantize(k, fmt, 40);

@@ -243,6 +243,15 @@ static inline __m256i dot32_int8(const uint8_t *w, const int8_t *x) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(xv), _mm256_sign_epi8(wv, xv)), _mm256_set1_epi16(1));
 }
 
+/* dot_int8's last ng - g (< 8) groups, one at a time */
+static inline float dot_int8_tail(const uint8_t *row, const uint16_t *sw, int64_t g, int64_t ng, const int8_t *q,
+                                  const float *s) {
+    __m256 ft = _mm256_setzero_ps();
+    for (; g < ng; g++)
+        ft = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot32_int8(row + 32 * g, q + 32 * g)), _mm256_set1_ps(_cvtsh_ss(sw[g]) * s[g]), ft);
+    return hsum8(ft);
+}
+
 static float dot_int8(const uint8_t *row, const uint16_t *sw, int64_t ng, const uint8_t *act, const ActLayout *L) {
     const int8_t *q = (const int8_t *)(act + L->off_q);
     const float *s = (const float *)(act + L->off_s);
@@ -259,10 +268,7 @@ static float dot_int8(const uint8_t *row, const uint16_t *sw, int64_t ng, const 
         const __m256 sc = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sw + g))), _mm256_loadu_ps(s + g));
         f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), sc, f);
     }
-    __m256 ft = _mm256_setzero_ps();
-    for (; g < ng; g++)
-        ft = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot32_int8(row + 32 * g, q + 32 * g)), _mm256_set1_ps(_cvtsh_ss(sw[g]) * s[g]), ft);
-    return hsum8(f) + hsum8(ft);
+    return hsum8(f) + dot_int8_tail(row, sw, g, ng, q, s);
 }
 
 /* ------------------------------------------------------------------ prefill: packed panels */
@@ -571,6 +577,199 @@ static void panel16_int8(float *y, int64_t ldy, const uint8_t *P, const float *P
     }
 }
 
+/* ------------------------------------------------------------------ several tokens, each as if alone */
+
+/* qgemm of 2 or more tokens without panels (nt < PANEL_MIN_T, or ActLayout.one_token: a tape step
+ * of batched decode or verification). Each token's row must be what the one-token kernel gives it,
+ * bit for bit, so its float steps are dot_int8's / dot_int4_x2's: per 8 groups, the 8 integer group
+ * sums converted, times weight scale * activation scale, fma'd into 8 lanes; hsum8 at the end; the
+ * last < 8 groups by their tail code. Only the integer sums, which are exact, may come another way,
+ * and they come cheaper: a block of 8 groups is transposed, in the row and in each token's q, so
+ * that lane j of every vector belongs to group j (vector c holds dword c of the 8 groups). A token's
+ * products then add up lane by lane into its 8 group sums, in order, where the one-token kernels
+ * reduce each group's lanes by unpacks (sum4x4: 21 instructions per 8 int8 groups against 7 adds),
+ * and each weight vector serves 4 tokens. Each token's q is transposed once per call, the row once
+ * for all tokens, by the first 4, which also prefetch the row's lines as they go (all at the row's
+ * start, the prefetches came in a burst: 4 tokens from DRAM cost 2.0 int4 / 1.6 int8 one-token
+ * calls, against 1.7 / 1.3). In cache on a Golden Cove core, 16 tokens cost 8.8 (int4) and 10.3
+ * (int8) one-token calls, where the one-token kernel per token cost 15.6 and 13.8
+ * (benchmarks/c/ab_one_token.c). */
+enum { XT_TOKENS = 16 };  /* tokens transposed at once: the row and 16 tokens, kp bytes each, fit the scratch */
+
+/* dword c of 4 vectors' 128-bit halves, c < 4: v[c] = (a[c] b[c] c[c] d[c] | the same of the high halves) */
+static inline void transpose4x4_epi32(__m256i v[4]) {
+    const __m256i t0 = _mm256_unpacklo_epi32(v[0], v[1]), t1 = _mm256_unpackhi_epi32(v[0], v[1]);
+    const __m256i t2 = _mm256_unpacklo_epi32(v[2], v[3]), t3 = _mm256_unpackhi_epi32(v[2], v[3]);
+    v[0] = _mm256_unpacklo_epi64(t0, t2);
+    v[1] = _mm256_unpackhi_epi64(t0, t2);
+    v[2] = _mm256_unpacklo_epi64(t1, t3);
+    v[3] = _mm256_unpackhi_epi64(t1, t3);
+}
+
+/* One block of 8 groups of 32 bytes, src to dst (32-byte aligned), transposed: groups i and i + 4
+ * loaded into the halves of one register (the insert is a load, not a shuffle), then 4 x 4
+ * transposes within the halves; 16 shuffles where transpose8_epi32 takes 24. */
+static inline void transpose_block(uint8_t *dst, const uint8_t *src) {
+    for (int h = 0; h < 2; h++) {  /* dwords 4h..4h+3 */
+        __m256i v[4];
+        for (int i = 0; i < 4; i++)
+            v[i] = _mm256_loadu2_m128i((const __m128i *)(src + 32 * (i + 4) + 16 * h), (const __m128i *)(src + 32 * i + 16 * h));
+        transpose4x4_epi32(v);
+        for (int c = 0; c < 4; c++) _mm256_store_si256((__m256i *)(dst + 32 * (4 * h + c)), v[c]);
+    }
+}
+
+/* One int4 block (8 groups of 16 packed bytes) transposed as pack_panel8 transposes rows (groups
+ * i and i + 4 share a register), then split: vector c < 4 holds the low nibbles of dword c
+ * (elements 4c..4c+3) of each group, vector c + 4 the high ones (elements 16 + 4c..), which meet
+ * vectors c and c + 4 of the transposed q. */
+static inline void transpose_int4(uint8_t *dst, const uint8_t *p) {
+    const __m256i m0f = _mm256_set1_epi8(0x0F);
+    __m256i v[4];
+    for (int i = 0; i < 4; i++) v[i] = _mm256_loadu2_m128i((const __m128i *)(p + 16 * (i + 4)), (const __m128i *)(p + 16 * i));
+    transpose4x4_epi32(v);
+    for (int c = 0; c < 4; c++) {
+        _mm256_store_si256((__m256i *)(dst + 32 * c), _mm256_and_si256(v[c], m0f));
+        _mm256_store_si256((__m256i *)(dst + 32 * (c + 4)), _mm256_and_si256(_mm256_srli_epi16(v[c], 4), m0f));
+    }
+}
+
+/* One int8 row against n <= 4 tokens (XT: transposed, xs bytes apart; act: their activations),
+ * y[t * ldy] for token t. WT holds the row transposed, or gets it here (transpose: the row's first
+ * tokens) a block at a time, so that the shuffles overlap the tokens' multiplies: a whole row
+ * transposed first ran apart from them (2 tokens cost 1.9 one-token calls in cache, against 1.7).
+ * |w| times x with w's sign gives the products dot_int8's |x| times w with x's sign gives (|w| <=
+ * 127: no overflow either way). */
+static inline __attribute__((always_inline)) void tokens_int8(float *y, int64_t ldy, uint8_t *WT, const uint8_t *XT,
+                                                               int64_t xs, const uint8_t *row, const uint16_t *sw, int64_t ng,
+                                                               const uint8_t *act, const ActLayout *L, const int transpose,
+                                                               const int n) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    const int64_t nb = ng / 8;
+    __m256 f[4];
+    for (int t = 0; t < n; t++) f[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        if (transpose) {
+            for (int l = 0; l < 256; l += 64) prefetch_l2(row + PREFETCH_BYTES + 256 * b + l);
+            transpose_block(WT + 256 * b, row + 256 * b);
+        }
+        __m256i acc[4];
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; c++) {
+            const __m256i wv = _mm256_load_si256((const __m256i *)(WT + 256 * b + 32 * c)), aw = _mm256_abs_epi8(wv);
+            for (int t = 0; t < n; t++) {
+                const __m256i xv = _mm256_load_si256((const __m256i *)(XT + t * xs + 256 * b + 32 * c));
+                const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, wv)), ones);
+                acc[t] = c ? _mm256_add_epi32(acc[t], p) : p;
+                __asm__("" : "+x"(acc[t]));  /* a chain, step by step: gcc made the adds a tree over all steps, and spilled */
+            }
+        }
+        const __m256 sw8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sw + 8 * b)));
+        for (int t = 0; t < n; t++) {
+            const float *s = (const float *)(act + t * L->stride + L->off_s);
+            f[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[t]), _mm256_mul_ps(sw8, _mm256_loadu_ps(s + 8 * b)), f[t]);
+        }
+    }
+    for (int t = 0; t < n; t++) {
+        const uint8_t *a = act + t * L->stride;
+        y[t * ldy] = hsum8(f[t]) + dot_int8_tail(row, sw, 8 * nb, ng, (const int8_t *)(a + L->off_q), (const float *)(a + L->off_s));
+    }
+}
+
+/* The same for int4 (WT from transpose_int4): AVX2 sums a block's 8 vpmaddubsw per token in int16
+ * (|pair| <= 2 * 15 * 127, both nibbles and 4 vectors: <= 30480) and widens once; AVX-VNNI sums
+ * them into int32 by vpdpbusd. */
+static inline __attribute__((always_inline)) void tokens_int4(float *y, int64_t ldy, uint8_t *WT, const uint8_t *XT,
+                                                               int64_t xs, const uint8_t *row, const uint16_t *sw, int64_t ng,
+                                                               const uint8_t *act, const ActLayout *L, const int transpose,
+                                                               const int n) {
+    const int64_t nb = ng / 8;
+    __m256 f[4];
+    for (int t = 0; t < n; t++) f[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        if (transpose) {
+            prefetch_l2(row + PREFETCH_BYTES + 128 * b);
+            prefetch_l2(row + PREFETCH_BYTES + 128 * b + 64);
+            transpose_int4(WT + 256 * b, row + 128 * b);
+        }
+        __m256i acc[4];
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) {
+            const __m256i lo = _mm256_load_si256((const __m256i *)(WT + 256 * b + 32 * c));
+            const __m256i hi = _mm256_load_si256((const __m256i *)(WT + 256 * b + 32 * (c + 4)));
+            for (int t = 0; t < n; t++) {
+                const __m256i xlo = _mm256_load_si256((const __m256i *)(XT + t * xs + 256 * b + 32 * c));
+                const __m256i xhi = _mm256_load_si256((const __m256i *)(XT + t * xs + 256 * b + 32 * (c + 4)));
+#ifdef CACTUS_AVXVNNI
+                acc[t] = _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(c ? acc[t] : _mm256_setzero_si256(), lo, xlo), hi, xhi);
+#else
+                const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xlo), _mm256_maddubs_epi16(hi, xhi));
+                acc[t] = c ? _mm256_add_epi16(acc[t], p) : p;
+#endif
+                __asm__("" : "+x"(acc[t]));  /* as in tokens_int8 */
+            }
+        }
+        const __m256 sw8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sw + 8 * b)));
+        for (int t = 0; t < n; t++) {
+            const uint8_t *a = act + t * L->stride;
+            const __m256i corr = _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)((const int32_t *)(a + L->off_sum) + 8 * b)), 3);
+#ifdef CACTUS_AVXVNNI
+            const __m256i gs = acc[t];
+#else
+            const __m256i gs = _mm256_madd_epi16(acc[t], _mm256_set1_epi16(1));
+#endif
+            f[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(gs, corr)),
+                                   _mm256_mul_ps(sw8, _mm256_loadu_ps((const float *)(a + L->off_s) + 8 * b)), f[t]);
+        }
+    }
+    for (int t = 0; t < n; t++) {
+        y[t * ldy] = hsum8(f[t]);
+        if (8 * nb < ng) y[t * ldy] += dot_int4(row, sw, 8 * nb, ng, act + t * L->stride, L);
+    }
+}
+
+/* One row against tn <= XT_TOKENS tokens, 4 at a time, the last 1-3 together (n a constant in
+ * each call, so that each is unrolled for it). */
+static void row_tokens(float *y, int64_t ldy, const QMat *w, uint8_t *WT, const uint8_t *XT, int64_t xs,
+                       const uint8_t *row, const uint16_t *sw, const uint8_t *act, const ActLayout *L, int64_t tn) {
+#define ROW_TOKENS(kernel)                                                                                        \
+    for (int64_t t = 0; t < tn; t += 4) {                                                                         \
+        float *yt = y + t * ldy;                                                                                  \
+        const uint8_t *xt = XT + t * xs, *at = act + t * L->stride;                                               \
+        switch (tn - t) {                                                                                         \
+        case 1: kernel(yt, ldy, WT, xt, xs, row, sw, w->ng, at, L, t == 0, 1); break;                             \
+        case 2: kernel(yt, ldy, WT, xt, xs, row, sw, w->ng, at, L, t == 0, 2); break;                             \
+        case 3: kernel(yt, ldy, WT, xt, xs, row, sw, w->ng, at, L, t == 0, 3); break;                             \
+        default: kernel(yt, ldy, WT, xt, xs, row, sw, w->ng, at, L, t == 0, 4);                                   \
+        }                                                                                                         \
+    }
+    if (w->fmt == FMT_INT4) { ROW_TOKENS(tokens_int4) }
+    else { ROW_TOKENS(tokens_int8) }
+#undef ROW_TOKENS
+}
+
+static void qgemm_tokens(float *y, int64_t ldy, const QMat *w, const ActLayout *L, const uint8_t *act,
+                         int64_t nt, int64_t r0, int64_t r1, uint8_t *scratch) {
+    const int64_t nb = w->ng / 8, xs = 256 * nb, ahead = prefetch_rows(w);  /* xs: bytes of one transposed row or token */
+    /* int4 takes rows r and r + h in turn, two sequential streams as in its decode (2 tokens from
+     * DRAM: 1.11-1.15 times one against 1.17-1.20 row after row); int8, like its decode, one */
+    const int64_t h = w->fmt == FMT_INT4 ? (r1 - r0 + 1) / 2 : r1 - r0;
+    uint8_t *WT = (uint8_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63), *XT = WT + xs;
+    for (int64_t t0 = 0; t0 < nt; t0 += XT_TOKENS) {
+        const int64_t tn = nt - t0 < XT_TOKENS ? nt - t0 : XT_TOKENS;
+        const uint8_t *a0 = act + t0 * L->stride;
+        for (int64_t t = 0; t < tn; t++)
+            for (int64_t b = 0; b < nb; b++) transpose_block(XT + t * xs + 256 * b, a0 + t * L->stride + L->off_q + 256 * b);
+        for (int64_t i = 0; i < h; i++)
+            for (int64_t r = r0 + i; r < r1; r += h) {
+                const uint8_t *row = w->data + r * w->row_bytes;
+                const uint16_t *sw = w->scales + r * w->ng;
+                prefetch_scales(w, r + ahead);
+                row_tokens(y + t0 * ldy + r, ldy, w, WT, XT, xs, row, sw, a0, L, tn);
+            }
+    }
+}
+
 _Static_assert(KERNEL_PANEL >= 16, "the int8 prefill packs 16 rows into the qgemm scratch");
 
 static void qgemm_avx2(float *y, int64_t ldy, const QMat *w, const ActLayout *L, const uint8_t *act,
@@ -596,6 +795,7 @@ static void qgemm_avx2(float *y, int64_t ldy, const QMat *w, const ActLayout *L,
         }
         return;
     }
+    if (nt > 1) { qgemm_tokens(y, ldy, w, L, act, nt, r0, r1, scratch); return; }
     if (w->fmt == FMT_INT4) {  /* rows r and r + h in step, each one sequential stream (kernels_avx512.c) */
         const int64_t h = (r1 - r0 + 1) / 2, ahead = prefetch_rows(w);
         for (int64_t r = r0; r < r0 + h; r++) {
