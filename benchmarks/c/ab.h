@@ -17,6 +17,17 @@ extern const Kernels AB_OLD;
 static double ab_now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
 static int ab_cmp(const void *a, const void *b) { double x = *(const double *)a, y = *(const double *)b; return x < y ? -1 : x > y; }
 
+/* w <- a random (N, K) int8 or int4 matrix, group 32 (K a multiple of 32): stored values and f16
+ * scales as the quantizer leaves them, from rand() (seed it for the same matrix every run). */
+static void ab_random_qmat(QMat *w, int64_t N, int64_t K, int fmt) {
+    memset(w, 0, sizeof *w);
+    w->n = N; w->k = w->kp = K; w->group = 32; w->ng = K / 32; w->fmt = fmt; w->row_bytes = fmt == FMT_INT4 ? K / 2 : K;
+    uint8_t *data = malloc((size_t)(N * w->row_bytes)); uint16_t *sc = malloc((size_t)(N * w->ng) * 2);
+    for (int64_t i = 0; i < N * w->row_bytes; i++) data[i] = fmt == FMT_INT4 ? (uint8_t)rand() : (uint8_t)(rand() % 255 - 127);
+    for (int64_t i = 0; i < N * w->ng; i++) sc[i] = f32_to_f16(0.01f + (float)(rand() % 100) * 1e-4f);
+    w->data = data; w->scales = sc;
+}
+
 /* The rounds argument (default 15), kept to 1..64. */
 static int ab_rounds(int argc, char **argv, int at) {
     const int r = argc > at ? atoi(argv[at]) : 15;

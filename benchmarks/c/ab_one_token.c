@@ -24,12 +24,8 @@ int main(int argc, char **argv) {
     const int64_t N = argc > 2 ? atoll(argv[2]) : 512, K = argc > 3 ? atoll(argv[3]) : 2048;
     const int rounds = argc > 4 && atoi(argv[4]) > 0 ? (atoi(argv[4]) < RMAX ? atoi(argv[4]) : RMAX) : 101;
     if (K % 32 || N < 1) { fprintf(stderr, "need K a multiple of 32, N >= 1\n"); return 1; }
-    QMat w; memset(&w, 0, sizeof w);
-    w.n = N; w.k = w.kp = K; w.group = 32; w.ng = K / 32; w.fmt = fmt; w.row_bytes = fmt == FMT_INT4 ? K / 2 : K;
-    uint8_t *data = malloc((size_t)(N * w.row_bytes)); uint16_t *sc = malloc((size_t)(N * w.ng) * 2);
-    for (int64_t i = 0; i < N * w.row_bytes; i++) data[i] = fmt == FMT_INT4 ? (uint8_t)rand() : (uint8_t)(rand() % 255 - 127);
-    for (int64_t i = 0; i < N * w.ng; i++) sc[i] = f32_to_f16(0.01f + (float)(rand() % 100) * 1e-4f);
-    w.data = data; w.scales = sc;
+    QMat w;
+    ab_random_qmat(&w, N, K, fmt);
     ActLayout L; act_layout(&L, K, 32, fmt); L.one_token = 1;
     uint8_t *act = calloc((size_t)(TMAX * L.stride), 1), *scr = malloc(kernels_scratch_bytes(w.kp) + 64);
     float *x = malloc((size_t)K * 4), *y = malloc((size_t)(TMAX * N) * 4), *one = malloc((size_t)N * 4);

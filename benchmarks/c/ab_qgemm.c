@@ -31,12 +31,8 @@ int main(int argc, char **argv) {
     const int fmt = argc > 4 && !strcmp(argv[4], "int8") ? FMT_INT8 : FMT_INT4;
     const int rounds = ab_rounds(argc, argv, 5);
     if (K % 32 || N < 1 || T < 1) { fprintf(stderr, "need K a multiple of 32, N and T >= 1\n"); return 1; }
-    QMat w; memset(&w, 0, sizeof w);
-    w.n = N; w.k = w.kp = K; w.group = 32; w.ng = K / 32; w.fmt = fmt; w.row_bytes = fmt == FMT_INT4 ? K / 2 : K;
-    uint8_t *data = malloc((size_t)(N * w.row_bytes)); uint16_t *sc = malloc((size_t)(N * w.ng) * 2);
-    for (int64_t i = 0; i < N * w.row_bytes; i++) data[i] = fmt == FMT_INT4 ? (uint8_t)rand() : (uint8_t)(rand() % 255 - 127);
-    for (int64_t i = 0; i < N * w.ng; i++) sc[i] = f32_to_f16(0.01f + (float)(rand() % 100) * 1e-4f);
-    w.data = data; w.scales = sc;
+    QMat w;
+    ab_random_qmat(&w, N, K, fmt);
     const Kernels *ks[2] = {&AB_OLD, &AB_NEW};
     ActLayout L; act_layout(&L, K, 32, fmt); L.extras = 0;
     uint8_t *act[2]; float *x = malloc((size_t)K * 4), *y = malloc((size_t)(T * N) * 4), *ref = malloc((size_t)(T * N) * 4);
