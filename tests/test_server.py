@@ -142,6 +142,27 @@ def test_hints_are_ignored_and_unimplemented_fields_refused_by_name(demo, start)
     assert conn.sock is sock  # the same connection all along
 
 
+def test_speculation_per_request_keeps_the_answer_and_loads_no_model_a_client_names(demo, start):
+    client, port = start(demo)
+    code = "def add(a, b):\n    return a + b\n"
+    ask = [{"role": "user", "content": f"Repeat this code:\n{code}\nAgain:\n{code}"}]
+    answers = [client.chat.completions.create(model="demo", messages=ask, max_tokens=40, temperature=0,
+                                              extra_body={"speculative": spec, "draft_tokens": 4})
+               .choices[0].message.content for spec in ("off", "prompt")]
+    assert answers[0] == answers[1] == demo.complete(ask, max_tokens=40, temperature=0, speculative="off").response
+    r = client.responses.create(model="demo", input="Hello", max_output_tokens=8, temperature=0,
+                                extra_body={"speculative": "off"})
+    assert r.output_text == demo.complete([{"role": "user", "content": "Hello"}], max_tokens=8,
+                                          temperature=0).response
+    for path, body in (("/v1/chat/completions", {"messages": USER}), ("/v1/responses", {"input": "Hi"})):
+        resp, err = post(port, path, {**body, "max_tokens" if "messages" in body else "max_output_tokens": 2,
+                                      "speculative": str(demo.path)})
+        assert resp.status == 400 and err["error"]["param"] == "speculative", err
+        assert "cactus serve --draft" in err["error"]["message"]
+        resp, err = post(port, path, {**body, "draft_tokens": 0})
+        assert resp.status == 400 and "draft_tokens" in err["error"]["message"], err
+
+
 def test_models_by_id(demo, start):
     client, port = start(demo)
     assert client.models.retrieve("demo").id == "demo"

@@ -28,7 +28,8 @@ CHAT_OPTIONS = {"temperature": "temperature", "top_p": "top_p", "max_tokens": "m
                 "min_p": "min_p", "repetition_penalty": "repetition_penalty",
                 "confidence_threshold": "confidence_threshold", "tool_choice": "tool_choice",
                 "parallel_tool_calls": "parallel_tool_calls", "response_format": "response_format",
-                "max_thinking_tokens": "max_thinking_tokens"}
+                "max_thinking_tokens": "max_thinking_tokens", "speculative": "speculative",
+                "draft_tokens": "draft_tokens"}
 # fields whose meaning is not implemented: refused unless they hold their no-op value
 NOT_IMPLEMENTED = {"logit_bias": {}, "presence_penalty": 0, "frequency_penalty": 0, "modalities": ["text"],
                    "audio": None, "prediction": None, "web_search_options": None, "functions": None,

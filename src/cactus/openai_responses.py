@@ -30,7 +30,7 @@ from .openai_chat import (
 )
 
 OPTIONS = {"temperature": "temperature", "top_p": "top_p", "max_output_tokens": "max_tokens",
-           "parallel_tool_calls": "parallel_tool_calls"}
+           "parallel_tool_calls": "parallel_tool_calls", "speculative": "speculative", "draft_tokens": "draft_tokens"}
 KNOWN = {"input", "instructions", "tools", "tool_choice", "text", "stream", "stream_options", "store",
          "previous_response_id", "include", "top_logprobs", "reasoning", "truncation", *OPTIONS}
 NOT_IMPLEMENTED = {"background": False, "conversation": None, "prompt": None, "max_tool_calls": None,

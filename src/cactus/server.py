@@ -238,6 +238,7 @@ class Handler(BaseHTTPRequestHandler):
         sample finds it in the session) and answer in its API's shape."""
         model = self.server.model
         job.tokenizer = model.tokenizer
+        check_speculative(job, model.defaults.get("speculative"))
         try:
             prompt = job.prompt_ids(model)
         except (ValueError, TypeError) as e:
@@ -311,6 +312,18 @@ def _parse_json(raw: bytes):
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RequestError(400, f"the request body is not valid JSON ({e})") from None
+
+
+def check_speculative(job: Job, served: str | None) -> None:
+    """A request may turn speculation off or to prompt lookup, or name the draft model the server
+    was started with; loading any other model directory is the operator's choice, not a client's."""
+    mode = job.options.get("speculative")
+    if mode is None or mode in ("off", "prompt") or mode == served:
+        return
+    field = job.fields.get("speculative", "speculative")
+    hint = f" or {served!r} (the server's --draft)" if served not in (None, "off", "prompt") else ""
+    raise RequestError(400, f"'{field}' must be \"off\" or \"prompt\"{hint}; a draft model is chosen when the "
+                            "server starts (cactus serve --draft MODEL)", field)
 
 
 def _chain(first, rest: Iterator) -> Iterator:
