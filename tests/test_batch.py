@@ -133,16 +133,18 @@ def test_slots_need_their_own_tokenizer_files(demo):
     assert slot.engine is not demo.engine and slot.engine.net is demo.engine.net  # the weights are shared
 
 
-def test_bench_batch_and_verify(tmp_path):
-    """`cactus bench --batch B --verify K`: the aggregate of B sequences as decode_tps beside the
-    single stream's, per-sequence tok/s, memory per extra sequence, and verify_cost."""
+def test_bench_batch_verify_and_speculative(tmp_path):
+    """`cactus bench --batch B --verify K --speculative prompt`: the aggregate of B sequences as
+    decode_tps beside the single stream's, per-sequence tok/s, memory per extra sequence,
+    verify_cost, and the same tokens decoded speculating (its speed-up and drafts taken)."""
     import json
     import os
     import subprocess
     import sys
 
     r = subprocess.run([sys.executable, "-m", "cactus.cli", "bench", "--synthetic", "tiny", "--quant", "int8",
-                        "--prompt", "16", "--gen", "8", "--runs", "1", "--batch", "3", "--verify", "4", "--json"],
+                        "--prompt", "16", "--gen", "8", "--runs", "1", "--batch", "3", "--verify", "4",
+                        "--speculative", "prompt", "--draft-tokens", "4", "--json"],
                        capture_output=True, text=True, timeout=600, env=dict(os.environ, CACTUS_HOME=str(tmp_path)))
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
@@ -151,3 +153,6 @@ def test_bench_batch_and_verify(tmp_path):
     assert res["decode_tps_batch1"] > 0 and res["batch_speedup"] > 0
     assert res["verify_tokens"] == 4 and res["verify_cost"] > 0
     assert res["anon_mb_per_extra_sequence"] is None or res["anon_mb_per_extra_sequence"] >= 0
+    assert res["speculative"] == "prompt" and res["draft_tokens"] == 4 and res["speculative_same_tokens"] is True
+    assert res["speculative_speedup"] > 0 and 0 <= res["speculative_tokens_from_drafts"] <= 1
+    assert res["speculative_acceptance"] is None or 0 <= res["speculative_acceptance"] <= 1

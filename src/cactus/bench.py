@@ -2,7 +2,8 @@
 bandwidth next to the machine's own read bandwidth, measured in the same run.
 
     cactus bench [MODEL_DIR] [--synthetic NAME] [--quant int4|int8] [--prompt N] [--gen N]
-                 [--threads T] [--runs R] [--batch B] [--verify K] [--json]
+                 [--threads T] [--runs R] [--batch B] [--verify K] [--speculative prompt|MODEL]
+                 [--draft-tokens K] [--json]
 
 Effective weight bandwidth = bytes of weights read per decoded token (active experts only, plus
 the dense parts and the LM head) x decode tok/s. Memory bandwidth is measured in a child process
@@ -207,8 +208,46 @@ def verify_cost(model, snap, k: int, reps: int = 9) -> dict:
             "verify_cost": med(many) / med(one)}
 
 
+def drafter_factory(model, mode: str):
+    """`--speculative` -> a function giving a fresh drafter per run: prompt lookup, or a draft model
+    (loaded once; its tokenizer checked against the model's where both directories have one)."""
+    from . import engine, speculative
+    from .generate import Session
+
+    if mode == "prompt":
+        return speculative.PromptLookup
+    draft = Path(mode)
+    if (model.path / "tokenizer.json").is_file() and (draft / "tokenizer.json").is_file() \
+            and not speculative.same_tokenizer(model.path, draft):
+        raise ValueError(f"draft model {draft}: its tokenizer differs from the model's ({model.path})")
+    d = speculative.DraftModel(Session(engine.load(draft, max_context=model.max_context)))
+    return lambda: d
+
+
+def decode_speculative(model, snap, tok: int, prompt_ids, gen: int, drafter, max_k: int) -> dict:
+    """Decode `gen` tokens greedily from the prompt's caches through the `Speculator` generate() uses
+    (speculative.py) -> wall seconds, the tokens, drafted and accepted counts."""
+    from .generate import Session
+    from .speculative import Speculator
+
+    session = Session(model)
+    model.restore(snap)
+    session.ids = history = [int(i) for i in prompt_ids]
+    spec = Speculator(session, drafter(), history, max_k)
+    out = []
+    t = time.perf_counter()
+    for _ in range(gen):
+        out.append(tok)
+        history.append(tok)
+        tok = int(spec.step(tok).argmax())
+    wall = time.perf_counter() - t
+    spec.settle()
+    model.reset()
+    return {"wall": wall, "tokens": out, "drafted": spec.drafted, "accepted": spec.accepted}
+
+
 def run(model_dir: Path, prompt: int, gen: int, runs: int, threads: int | None, seed: int = 0, batch: int = 1,
-        verify: int | None = None) -> dict:
+        verify: int | None = None, speculative: str | None = None, draft_tokens: int = 8) -> dict:
     from . import engine, ops
 
     if threads:
@@ -226,7 +265,8 @@ def run(model_dir: Path, prompt: int, gen: int, runs: int, threads: int | None, 
         ids = np.random.default_rng(seed).integers(0, model.config.vocab_size, prompt)
         logits = model.forward(ids[:8], last_only=True)  # warm-up: threads, first-touch of scratch
         prefill, ttft, decode, overhead, team, bw, compute, steal = [], [], [], [], [], [], [], []
-        batched, verified = [], []
+        batched, verified, speculated = [], [], []
+        drafter = drafter_factory(model, speculative) if speculative else None
         if verify and verify + 1 > model.max_context - prompt:
             model = engine.load(model_dir, max_context=prompt + max(gen, verify) + 8)
         for _ in range(runs):
@@ -242,8 +282,10 @@ def run(model_dir: Path, prompt: int, gen: int, runs: int, threads: int | None, 
             before = measure_bandwidth(nthreads)
             ops.profile(True)
             jobs0, cpu0 = ops.pool_stats(), cpu_ticks()
+            first, plain = tok, []
             t2 = time.perf_counter()
             for _ in range(gen):
+                plain.append(tok)
                 tok = int(model.forward([tok], last_only=True).argmax())
             wall = time.perf_counter() - t2
             _, kernel_ns = ops.profile(False)
@@ -254,7 +296,7 @@ def run(model_dir: Path, prompt: int, gen: int, runs: int, threads: int | None, 
             team.append((jobs1[0] - jobs0[0]) / max(1, jobs1[0] - jobs0[0] + jobs1[1] - jobs0[1]))
             decode.append(gen / wall)
             overhead.append(max(0.0, 1.0 - kernel_ns / 1e9 / wall))
-            if batch > 1 or verify:
+            if batch > 1 or verify or drafter:
                 model.reset()
                 model.forward(ids, last_only=True)
                 snap = model.snapshot(detach=True)
@@ -263,6 +305,9 @@ def run(model_dir: Path, prompt: int, gen: int, runs: int, threads: int | None, 
                 batched.append((batch * gen / bwall, measure_bandwidth(nthreads), extra))
             if verify:
                 verified.append(verify_cost(model, snap, verify))
+            if drafter:  # the same tokens again, speculating, right after the plain run
+                sp = decode_speculative(model, snap, first, ids, gen, drafter, draft_tokens)
+                speculated.append({**sp, "speedup": wall / sp["wall"], "same": sp["tokens"] == plain})
     wb = weight_bytes_per_token(model)
     macs = weight_macs_per_prompt_token(model)
     med = statistics.median
@@ -292,6 +337,17 @@ def run(model_dir: Path, prompt: int, gen: int, runs: int, threads: int | None, 
             "batch_speedup": med(a / d for a, d in zip(agg, decode, strict=True)),
             "batch_bw_gbs_after_all": [b for _, b, _ in batched],
             "anon_mb_per_extra_sequence": _mb(max(extra) / (batch - 1)) if extra else None,
+        })
+    if speculated:
+        drafted, accepted = sum(x["drafted"] for x in speculated), sum(x["accepted"] for x in speculated)
+        res.update({
+            "speculative": speculative, "draft_tokens": draft_tokens,
+            "decode_tps_speculative": med(gen / x["wall"] for x in speculated),
+            "speculative_speedup": med(x["speedup"] for x in speculated),
+            "speculative_speedup_all": [x["speedup"] for x in speculated],
+            "speculative_acceptance": accepted / drafted if drafted else None,
+            "speculative_tokens_from_drafts": accepted / (gen * len(speculated)),
+            "speculative_same_tokens": all(x["same"] for x in speculated),
         })
     if verified:
         res.update({"verify_tokens": verify, "verify_cost": med(v["verify_cost"] for v in verified),
@@ -340,6 +396,14 @@ def _extra_lines(r: dict) -> list[str]:
         out += [f"verify {r['verify_tokens']:<7} {r['verify_cost']:.2f} decode steps for one forward over "
                 f"{r['verify_tokens']} tokens ({r['verify_ms']:.1f} ms against {r['verify_step_ms']:.1f} ms); runs: "
                 + ", ".join(f"{x:.2f}" for x in r["verify_cost_all"])]
+    if "speculative" in r:
+        acc = r["speculative_acceptance"]
+        out += [f"speculative    {r['decode_tps_speculative']:.2f} tok/s = x{r['speculative_speedup']:.2f} the plain "
+                f"decode ({r['speculative']}, K <= {r['draft_tokens']}; "
+                + ("nothing drafted" if acc is None else f"{100 * acc:.0f}% of drafts taken")
+                + f", {100 * r['speculative_tokens_from_drafts']:.0f}% of tokens from drafts; "
+                + ("the same tokens" if r["speculative_same_tokens"] else "TOKENS DIFFER") + "); runs: "
+                + ", ".join(f"x{x:.2f}" for x in r["speculative_speedup_all"])]
     return out
 
 
@@ -366,6 +430,12 @@ def _count(text: str) -> int:
     return n
 
 
+def _speculative(value: str) -> str:
+    if value != "prompt" and not (Path(value) / "config.json").is_file():
+        raise argparse.ArgumentTypeError(f'must be "prompt" or a converted model directory, got {value!r}')
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cactus bench", description="Measure prefill/decode speed and memory.")
     p.add_argument("model_dir", nargs="?", help="a converted model directory, a name from `cactus list`, "
@@ -382,6 +452,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", type=_count, default=None, metavar="K",
                    help="also time one forward over K tokens (speculative verification) as a multiple of one "
                         "decode step (verify_cost)")
+    p.add_argument("--speculative", metavar="prompt|MODEL", type=_speculative, default=None,
+                   help="also decode the same tokens speculating after each run (prompt lookup, or a draft "
+                        "model directory): tok/s, speed-up, drafts taken")
+    p.add_argument("--draft-tokens", dest="draft_tokens", type=_count, default=8, metavar="K",
+                   help="most tokens drafted per verification (default 8)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 
@@ -405,7 +480,8 @@ def main(argv: list[str] | None = None) -> int:
         from .cli import resolve_model  # a directory, a name from `cactus list`, or a repo id, as `cactus run`
 
         model_dir = resolve_model(args.model_dir, args.quant)
-    r = run(model_dir, args.prompt, args.gen, args.runs, args.threads, batch=args.batch, verify=args.verify)
+    r = run(model_dir, args.prompt, args.gen, args.runs, args.threads, batch=args.batch, verify=args.verify,
+            speculative=args.speculative, draft_tokens=min(args.draft_tokens, 32))
     print(json.dumps(r) if args.json else format_result(r))
     return 0
 
