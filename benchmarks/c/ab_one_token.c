@@ -15,8 +15,8 @@
  *   /tmp/ab_one_token [int4|int8] [N=512] [K=2048] [ROUNDS=101]
  * AVX-VNNI against AVX2, both from the working tree: -DAB_NEW=kernels_avxvnni -DAB_OLD=kernels_avx2.
  * AVX-512 against itself at REV: git show REV:$S/kernels_avx512.c
- *   | sed 's/^const Kernels \(kernels_avx512[a-z_]*\)/const Kernels \1_old/' > /tmp/k512_old.c, compile it and the working tree's kernels_avx512.c with the -mavx512... line above
- *   (and kernels_ssse3.c with -mssse3, which dispatch.c names), link both, -DAB_NEW=kernels_avx512vnni_gfni
+ *   | sed 's/^const Kernels \(kernels_avx512[a-z_]*\)/const Kernels \1_old/' > /tmp/k512_old.c; compile it and the working
+ *   tree's kernels_avx512.c with the -mavx512... line above (and kernels_ssse3.c with -mssse3, which dispatch.c names), link both, -DAB_NEW=kernels_avx512vnni_gfni
  *   -DAB_OLD=kernels_avx512vnni_gfni_old.
  */
 #include "ab.h"
