@@ -1,7 +1,8 @@
 """Speculative decoding, measured (docs: src/cactus/speculative.py).
 
 1. The demo model, greedy, with and without prompt-lookup speculation, alternated run by run: a
-   turn that repeats code already in the conversation, and one that repeats nothing. Decode tok/s,
+   turn that repeats code already in the conversation (a request asked again, after the model's own
+   answer to it: an agent rewriting the function it wrote), and one that repeats nothing. Decode tok/s,
    the speed-up, the acceptance rate (drafted tokens the answer took), and that the answers match.
 2. Synthetic shapes: `verify_cost` (one forward over K tokens in decode steps, as `cactus bench
    --verify K` measures it) and the speed-up it implies at per-token acceptance rates 0.3 / 0.6 /
@@ -18,13 +19,13 @@ import json
 import statistics
 import subprocess
 import sys
-from pathlib import Path
 
-CODE = (Path(__file__).resolve().parents[1] / "src" / "cactus" / "batch.py").read_text()[3000:4200]
-TURNS = {
-    "repeats code": [{"role": "user", "content": f"Here is a file:\n```python\n{CODE}\n```\nPrint the file again, "
-                                                 "unchanged."}],
-    "repeats nothing": [{"role": "user", "content": "Tell me about the weather and the seasons in Paris."}],
+ASK = "Write a Python function to do binary search in a sorted list."
+TURNS = {  # "repeats code": the request again, the function the model wrote for it in the conversation
+    "repeats code": lambda first: [{"role": "user", "content": ASK}, {"role": "assistant", "content": first},
+                                   {"role": "user", "content": ASK}],
+    "repeats nothing": lambda first: [{"role": "user", "content": "Tell me about the weather and the seasons in "
+                                                                  "Paris."}],
 }
 
 
@@ -36,8 +37,10 @@ def demo_turns(runs: int, max_tokens: int) -> dict:
 
     out = {}
     with Model(demo_path()) as m:
-        for name, msgs in TURNS.items():
-            prompt = m.prompt_ids(msgs)
+        first = m.complete([{"role": "user", "content": ASK}], temperature=0, max_tokens=max_tokens,
+                           speculative="off").response
+        for name, turn in TURNS.items():
+            prompt = m.prompt_ids(turn(first))
             tps, answers, acc = {"off": [], "prompt": []}, {}, []
             for _ in range(runs):
                 for mode in ("off", "prompt"):
