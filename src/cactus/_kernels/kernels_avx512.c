@@ -123,7 +123,10 @@ static inline __m512i high_nibbles(__m512i w, __m512i m0f, const int gfni) {
  * they were a third of one token's instructions).
  * A window is 16 groups sharing one scale load, sw * sx for the 16 groups formed once; full windows
  * run unmasked, the last one masked. */
-enum { DOT_TOKENS = 3 };  /* per token: 6 zmm (4 accumulators, 2 scale vectors); 3 tokens fit the 32 */
+/* Per token: 6 zmm (4 accumulators, 2 scale vectors). 4 tokens spill a few, and still beat 3 (in
+ * cache, 512 x 2048: 4 tokens cost 2.42 int8 / 2.56 int4 one-token calls against 2.90 / 2.96 by 3 + 1;
+ * 6 at a time lost at T = 8, 6 + 2). */
+enum { DOT_TOKENS = 4 };
 
 /* Each loaded vector in a register, read from there by all its uses: gcc otherwise folds the load
  * into each use (a row's two dpbusd, the nibble split's and + gf2p8affine), which doubled the loads
@@ -320,11 +323,12 @@ static inline __attribute__((always_inline)) void dot_rows(float *y, int64_t ldy
     for (int64_t t = 0; t < nt; t += DOT_TOKENS) {
         float *ya = y + t * ldy + r, *yb = y + t * ldy + rb;
         const uint8_t *at = act + t * L->stride;
-        _Static_assert(DOT_TOKENS == 3, "one case per token count");
+        _Static_assert(DOT_TOKENS == 4, "one case per token count");
         switch (nt - t) {
         case 1: dot_rows1(ya, yb, w, ra_, rb_, sa_, sb_, at, L, gfni); break;
         case 2: DOT_N(2); break;
-        default: DOT_N(3);
+        case 3: DOT_N(3); break;
+        default: DOT_N(4);
         }
     }
 #undef DOT_N
