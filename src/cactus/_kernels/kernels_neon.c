@@ -127,6 +127,144 @@ static void dot2_g32(float y[2], const QMat *w, const uint8_t *ra, const uint8_t
     }
 }
 
+/* G = 32, the same two rows against NT tokens (NT a constant where this is inlined, so the
+ * per-token arrays are registers): qgemm of 2+ tokens without panels (ActLayout.one_token: batched
+ * decode, speculative verification; and nt < PANEL_MIN_T). Called once per token, dot2_g32 loaded
+ * and (int4) unpacked every weight vector again for each token; here each is loaded and unpacked
+ * once per step and serves all NT tokens. Every token must get, bit for bit, what dot2_g32 gives it
+ * alone, so its arithmetic is dot2_g32's: the same sdot chains (zero, lo, hi) per group, the groups'
+ * int32 sums in four_groups' lanes (integer adds are exact, so adding pairs as each group arrives
+ * gives the same sums), the same 8 * sum(x) correction, the same group scales, one fma per step into
+ * its own accumulators, vaddvq_f32, and the tail through dot_int4 / dot_int8. Group-major with the
+ * tokens inside: one group's 4 weight vectors are live at a time, and a token carries 2 int32
+ * vectors per row across the step (groups 0 + 1 added, group 2) and its 2 float accumulators,
+ * 6 q registers per token: 3 tokens fit AArch64's 32 with the weights, activations and constants.
+ * fmt is a constant too (qgemm_neon's one test of w->fmt), so no step tests it. */
+enum { TOKENS_MAX = 3 };
+
+static inline __attribute__((always_inline)) void dot2_g32_tokens(float *y, int64_t ldy, int64_t r, int64_t rb,
+                                                                  const QMat *w, const uint8_t *ra, const uint8_t *rbp,
+                                                                  const uint16_t *sa, const uint16_t *sb,
+                                                                  const uint8_t *act, const ActLayout *L, const int NT,
+                                                                  const int fmt) {
+    const int8_t *q[TOKENS_MAX], *xq[TOKENS_MAX];  /* xq: the token's next group, post-incremented: ld1 has no offset */
+    const float *s[TOKENS_MAX];
+    const int32_t *sum[TOKENS_MAX];
+#pragma GCC unroll 4
+    for (int t = 0; t < NT; t++) {
+        const uint8_t *a = act + t * L->stride;
+        q[t] = xq[t] = (const int8_t *)(a + L->off_q);
+        s[t] = (const float *)(a + L->off_s);
+        sum[t] = (const int32_t *)(a + L->off_sum);
+    }
+    const int64_t ng = w->ng;
+    const uint8x16_t m0f = vdupq_n_u8(0x0F);
+    const int32x4_t zero = vdupq_n_s32(0);
+    float32x4_t fa[TOKENS_MAX], fb[TOKENS_MAX];
+#pragma GCC unroll 4
+    for (int t = 0; t < NT; t++) fa[t] = fb[t] = vdupq_n_f32(0.0f);
+    int64_t g = 0;
+    for (; g + 4 <= ng; g += 4) {
+        /* per token and row: pa = groups 0 and 1 pairwise added, then (after group 3) four_groups;
+         * ha = group 2's sdot sums until group 3 arrives */
+        int32x4_t pa[TOKENS_MAX], pb[TOKENS_MAX], ha[TOKENS_MAX], hb[TOKENS_MAX];
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            int8x16_t wal, wah, wbl, wbh;  /* group g + j of rows a and b: elements 0..15, 16..31 */
+            if (fmt == FMT_INT4) {
+                const uint8x16_t wa = vld1q_u8(ra + 16 * (g + j)), wb = vld1q_u8(rbp + 16 * (g + j));
+                wal = vreinterpretq_s8_u8(vandq_u8(wa, m0f));
+                wah = vreinterpretq_s8_u8(vshrq_n_u8(wa, 4));
+                wbl = vreinterpretq_s8_u8(vandq_u8(wb, m0f));
+                wbh = vreinterpretq_s8_u8(vshrq_n_u8(wb, 4));
+            } else {
+                const int8_t *pwa = (const int8_t *)ra + 32 * (g + j), *pwb = (const int8_t *)rbp + 32 * (g + j);
+                wal = vld1q_s8(pwa);
+                wah = vld1q_s8(pwa + 16);
+                wbl = vld1q_s8(pwb);
+                wbh = vld1q_s8(pwb + 16);
+            }
+#pragma GCC unroll 4
+            for (int t = 0; t < NT; t++) {
+                const int8x16x2_t x = vld1q_s8_x2(xq[t]);  /* one instruction (ld1 of 2 registers) */
+                xq[t] += 32;
+                const int8x16_t xl = x.val[0], xh = x.val[1];
+                const int32x4_t ia = SDOT(SDOT(zero, wal, xl), wah, xh), ib = SDOT(SDOT(zero, wbl, xl), wbh, xh);
+                if (j == 0) { pa[t] = ia; pb[t] = ib; }
+                else if (j == 1) { pa[t] = vpaddq_s32(pa[t], ia); pb[t] = vpaddq_s32(pb[t], ib); }
+                else if (j == 2) { ha[t] = ia; hb[t] = ib; }
+                else { pa[t] = vpaddq_s32(pa[t], vpaddq_s32(ha[t], ia)); pb[t] = vpaddq_s32(pb[t], vpaddq_s32(hb[t], ib)); }
+            }
+        }
+        __fp16 h[4];  /* the rows' group scales, converted once for all tokens */
+        memcpy(h, sa + g, 8);
+        const float32x4_t wsa = vcvt_f32_f16(vld1_f16(h));
+        memcpy(h, sb + g, 8);
+        const float32x4_t wsb = vcvt_f32_f16(vld1_f16(h));
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) {
+            if (fmt == FMT_INT4) {  /* - 8 * sum(x), as dot2_g32's shift and subtract: integers, exact */
+                const int32x4_t sx8 = vld1q_s32(sum[t] + g);
+                pa[t] = vmlsq_n_s32(pa[t], sx8, 8);
+                pb[t] = vmlsq_n_s32(pb[t], sx8, 8);
+            }
+            const float32x4_t sx = vld1q_f32(s[t] + g);
+            fa[t] = vfmaq_f32(fa[t], vcvtq_f32_s32(pa[t]), vmulq_f32(wsa, sx));  /* group_scales' product */
+            fb[t] = vfmaq_f32(fb[t], vcvtq_f32_s32(pb[t]), vmulq_f32(wsb, sx));
+        }
+    }
+    float ya[TOKENS_MAX], yb[TOKENS_MAX];
+#pragma GCC unroll 4
+    for (int t = 0; t < NT; t++) {  /* a loop of its own: fa and fb stay registers (never indexed by a variable) */
+        ya[t] = vaddvq_f32(fa[t]);
+        yb[t] = vaddvq_f32(fb[t]);
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < NT; t++) {
+        if (g < ng) {  /* the last < 4 groups, per token as dot2_g32 */
+            const int64_t rest = ng - g, qo = 32 * g, bo = fmt == FMT_INT4 ? 16 * g : 32 * g;
+            if (fmt == FMT_INT4) {
+                ya[t] += dot_int4(ra + bo, sa + g, rest, 32, q[t] + qo, s[t] + g);
+                yb[t] += dot_int4(rbp + bo, sb + g, rest, 32, q[t] + qo, s[t] + g);
+            } else {
+                ya[t] += dot_int8(ra + bo, sa + g, rest, 32, q[t] + qo, s[t] + g);
+                yb[t] += dot_int8(rbp + bo, sb + g, rest, 32, q[t] + qo, s[t] + g);
+            }
+        }
+        y[t * ldy + r] = ya[t];
+        y[t * ldy + rb] = yb[t];
+    }
+}
+
+/* G = 32, 2+ tokens without panels: dot2_g32's row pairs (r, r + h), the tokens in blocks of 3 and 2
+ * (never 1: a lone token's block costs nearly a one-token call; 4 = 2 + 2, not 3 + 1). In the
+ * compiled loops (gcc 12 -O3, per 4-group step of the two rows, per token) int4 takes 63.5 (2
+ * tokens) and 62 (3) instructions where a one-token call takes 81, int8 54.5 and 55 for 73. A
+ * function of its own (noinline) so that qgemm_neon's one-token loop, decode's, compiles as it did. */
+static __attribute__((noinline)) void qgemm_tokens_g32(float *y, int64_t ldy, const QMat *w, const ActLayout *L,
+                                                       const uint8_t *act, int64_t nt, int64_t r0, int64_t r1) {
+    const int64_t h = (r1 - r0 + 1) / 2;
+    for (int64_t r = r0; r < r0 + h; r++) {
+        const int64_t rb = r + h < r1 ? r + h : r;
+        const uint8_t *ra_ = w->data + r * w->row_bytes, *rb_ = w->data + rb * w->row_bytes;
+        const uint16_t *sa_ = w->scales + r * w->ng, *sb_ = w->scales + rb * w->ng;
+        for (int64_t t = 0; t < nt;) {
+            const int64_t left = nt - t;  /* >= 2: 3s, then 2 or 2 + 2 */
+            const int nb = left == 2 || left == 4 ? 2 : 3;
+            float *yt = y + t * ldy;
+            const uint8_t *at = act + t * L->stride;
+            if (w->fmt == FMT_INT4) {
+                if (nb == 3) dot2_g32_tokens(yt, ldy, r, rb, w, ra_, rb_, sa_, sb_, at, L, 3, FMT_INT4);
+                else dot2_g32_tokens(yt, ldy, r, rb, w, ra_, rb_, sa_, sb_, at, L, 2, FMT_INT4);
+            } else {
+                if (nb == 3) dot2_g32_tokens(yt, ldy, r, rb, w, ra_, rb_, sa_, sb_, at, L, 3, FMT_INT8);
+                else dot2_g32_tokens(yt, ldy, r, rb, w, ra_, rb_, sa_, sb_, at, L, 2, FMT_INT8);
+            }
+            t += nb;
+        }
+    }
+}
+
 /* Prefill (nt >= PANEL_MIN_T tokens, G = 32): 4 rows are packed into a panel where each 32-bit lane holds
  * 4 signed weights of one row (int4 unpacked to q = u - 8, int8 as stored), group-major: vector c
  * of group g holds elements 4c..4c+3 of the group for rows 0..3. Then per token, the group's 32
@@ -387,6 +525,10 @@ static void qgemm_neon(float *y, int64_t ldy, const QMat *w, const ActLayout *L,
             PACK_PANEL(P, PS, w, r, re);
             PANEL_GEMM(y + r, ldy, P, PS, w->ng, L, act, nt, re - r);
         }
+        return;
+    }
+    if (w->group == 32 && nt > 1) {
+        qgemm_tokens_g32(y, ldy, w, L, act, nt, r0, r1);
         return;
     }
     if (w->group == 32) {  /* rows r and r + h in step, each one sequential stream (kernels_avx512.c) */
