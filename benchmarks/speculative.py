@@ -102,9 +102,11 @@ def main() -> None:
         acc = "-" if r["acceptance"] is None else f"{r['accepted']}/{r['drafted']} ({100 * r['acceptance']:.0f}%)"
         print(f"| {name} | {r['decode_tps_off']:.0f} | {r['decode_tps_prompt']:.0f} | x{r['speedup']:.2f} | {acc} | "
               f"{100 * r['from_drafts']:.0f}% | {r['same_answer']} |")
+    if not res["synthetic"]:
+        return
     print()
-    print("| shape | verify_cost K=" + " / ".join(str(k) for k in sorted(res["synthetic"] and
-          next(iter(res["synthetic"].values()))["verify_cost"])) + " | implied x at a=0.3 | 0.6 | 0.9 |")
+    ks = sorted(next(iter(res["synthetic"].values()))["verify_cost"])
+    print("| shape | verify_cost K=" + " / ".join(map(str, ks)) + " | implied x at a=0.3 | 0.6 | 0.9 |")
     print("|---|---|---|---|---|")
     for name, r in res["synthetic"].items():
         costs = " / ".join(f"{c:.2f}" for _, c in sorted(r["verify_cost"].items()))
