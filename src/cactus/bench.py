@@ -59,6 +59,7 @@ class AnonSampler:
                 setattr(self, name, max(getattr(self, name) or 0, now))
 
     def __enter__(self):
+        self.sample()  # a peak from the start: a reading right after entering is never None by a race
         self._t.start()
         return self
 
