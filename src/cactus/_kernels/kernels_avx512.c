@@ -194,7 +194,8 @@ static inline __attribute__((always_inline)) void dot_int4_g32(float *ya, float 
             id = _mm512_add_epi32(id, four);
         }
     }
-    if (g < ng) {  /* last partial window: masked loads, zero past the row */
+    if (g < ng) {  /* last partial window: masked loads, zero past the row (a loop of its own: folded into the
+                    * one above with masks, as int8 is, the one-token int4 call was 25% slower in cache) */
         const __mmask16 gm = mask16(ng - g);
         const __m512 ha = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(gm, sw + g));
         const __m512 hb = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(gm, sw1 + g));
