@@ -78,6 +78,53 @@ def test_slots_decode_as_alone(engine):
     assert batcher.steps_run < batcher.tokens_run
 
 
+def test_a_long_prompt_does_not_stall_a_running_stream(engine, monkeypatch):
+    """While one slot prefills a long prompt (8 chunks), the slot already decoding gets a step
+    between every two of its chunks, and both answers are the ones they get alone."""
+    from cactus import batch
+    from cactus import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "PREFILL_CHUNK", 8)
+    monkeypatch.setattr(batch, "PREFILL_CHUNK", 8)
+    tok, V = _Tok(), engine.config.vocab_size
+    short, long = [3, 1, 4], list(np.arange(64) * 11 % V)
+    alone = [_answer(Session(engine), short, 120, tok), _answer(Session(engine), long, 5, tok)]
+    events: list[str] = []
+    b = Batcher(engine)
+    a_slot, b_slot = b.slot(), b.slot()
+    real_round, real_forward = Batcher._round, engine_module.Engine.forward
+
+    def logged_round(self, steps):
+        events.append("A" if a_slot in steps else "-")
+        real_round(self, steps)
+
+    def logged_forward(self, ids, last_only=False):
+        if self is b_slot:
+            events.append("chunk")
+        return real_forward(self, ids, last_only)
+
+    monkeypatch.setattr(Batcher, "_round", logged_round)
+    monkeypatch.setattr(engine_module.Engine, "forward", logged_forward)
+    got: list = [None, None]
+
+    def run(i, slot, prompt, n):
+        got[i] = _answer(Session(slot), prompt, n, tok)
+
+    ta = threading.Thread(target=run, args=(0, a_slot, short, 120))
+    ta.start()
+    while b.tokens_run < 3:  # A is decoding
+        threading.Event().wait(0.001)
+    tb = threading.Thread(target=run, args=(1, b_slot, long, 5))
+    tb.start()
+    tb.join()
+    ta.join()
+    assert got == alone
+    chunks = [i for i, e in enumerate(events) if e == "chunk"]
+    assert len(chunks) == 8
+    for i, j in zip(chunks, chunks[1:], strict=False):  # A stepped between any two chunks of B's prompt
+        assert "A" in events[i + 1:j], events
+
+
 def test_complete_batch_equals_complete(demo):
     convs = [[{"role": "user", "content": q}] for q in
              ("What is the weather in Paris?", "Write a python function to add two numbers.", "Tell me a joke.",
