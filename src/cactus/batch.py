@@ -15,8 +15,9 @@ server's parallel slots, `Model.complete_batch`); the batcher's one thread runs 
   samples: continuous batching, slots join and leave at any step);
 - then at most one other job: a prefill chunk (PREFILL_CHUNK tokens, the same chunks a lone
   Engine runs, so prompts give the same bits) or a speculative verification. A long prompt is
-  prefilled chunk by chunk between the others' decode steps: running streams never wait for more
-  than one chunk.
+  prefilled chunk by chunk between the others' decode steps: a job runs only once every slot of
+  the last round has its next step in (or has left: generate() calls `done()` when it ends), so
+  running streams never wait for more than one chunk.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import numpy as np
 from .engine import PREFILL_CHUNK, Engine
 
 GATHER_S = 0.002  # longest wait for a slot of the last round to come back with its next token
+OWED_S = 0.05     # ... before a prefill chunk or verification runs instead (see _loop)
 
 
 class Batcher:
@@ -43,6 +45,7 @@ class Batcher:
         self.results: dict[Slot, object] = {}
         self.jobs: deque = deque()
         self.last: set[Slot] = set()  # the last round's slots
+        self.owed: set[Slot] = set()  # slots decoding, owed a step before the next job
         self.last_s = 0.0             # ... and how long it took
         self.thread: threading.Thread | None = None
         self.steps_run = self.tokens_run = 0  # rounds and tokens, for tests and benchmarks
@@ -68,6 +71,13 @@ class Batcher:
             raise out
         return out
 
+    def leave(self, slot: Slot) -> None:
+        """`slot`'s generation ended: the next rounds and jobs wait for it no more."""
+        with self.cond:
+            self.last.discard(slot)
+            self.owed.discard(slot)
+            self.cond.notify_all()
+
     def run(self, fn):
         """Run fn() on the batcher's thread between rounds -> its result (or its exception)."""
         box: list = []
@@ -90,6 +100,16 @@ class Batcher:
                 deadline = time.perf_counter() + min(GATHER_S, self.last_s / 4)
                 while not self.last <= self.steps.keys() and (left := deadline - time.perf_counter()) > 0:
                     self.cond.wait(left)
+                if not self.steps and self.jobs and self.owed:
+                    # a job would run while decoding slots are between two steps (their threads
+                    # sampling, or slow to get the CPU): they get their step first, so a stream
+                    # waits for at most one chunk; a slot that neither steps nor leaves (done())
+                    # within OWED_S is taken for idle
+                    deadline = time.perf_counter() + OWED_S
+                    while self.owed and not self.steps and (left := deadline - time.perf_counter()) > 0:
+                        self.cond.wait(left)
+                    if not self.steps:
+                        self.owed = set()
                 batch, self.steps = self.steps, {}
                 job = self.jobs.popleft() if self.jobs else None
             if batch:
@@ -116,6 +136,7 @@ class Batcher:
         except BaseException as e:  # noqa: BLE001 - every slot of the round hears it
             out = dict.fromkeys(slots, e)
         self.last, self.last_s = set(slots), time.perf_counter() - t
+        self.owed = set(slots)
         self.steps_run += 1
         self.tokens_run += len(slots)
         with self.cond:
@@ -144,3 +165,7 @@ class Slot(Engine):
 
     def verify(self, ids) -> np.ndarray:
         return self.batcher.run(lambda: Engine.verify(self, ids))
+
+    def done(self) -> None:
+        """A generation on this slot ended (generate() says so): it leaves the batch."""
+        self.batcher.leave(self)

@@ -313,6 +313,8 @@ def generate(session: Session, tokenizer: Tokenizer, prompt_ids: Iterable[int], 
     finally:
         if spec is not None:
             spec.settle()  # the caches keep the fed tokens only
+        if (done := getattr(session.model, "done", None)) is not None:
+            done()  # a batch slot (batch.Slot) leaves its batch: nobody waits for its next step
     yield Finish(reason=reason, function_calls=parser.calls, reasoning=parser.reasoning, reasoning_tokens=thought,
                  confidence=meter.value, cloud_handoff=meter.handoff,
                  prefill_tokens=n_prefill, decode_tokens=n, prefill_s=prefill_s, first_token_s=first_token_s,
