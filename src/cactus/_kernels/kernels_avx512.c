@@ -133,6 +133,25 @@ enum { DOT_TOKENS = 4 };
  * and made the one-token int4 call 25% slower in cache (the load ports, not the math, then bound it). */
 #define IN_REGISTER(a) __asm__("" : "+v"(a))
 
+/* One int4 step (64 packed bytes of each row: la, ua the low and high nibbles of row a, lb, ub
+ * row b) against n tokens, fma'd into the accumulators fa, fb (the window's even or odd steps). */
+static inline __attribute__((always_inline)) void int4_tokens(__m512 *fa, __m512 *fb, __m512i la, __m512i lb, __m512i ua,
+                                                              __m512i ub, __m512i id, const __m512 *sa, const __m512 *sb,
+                                                              const int8_t *const *qn, const int32_t *const *corr,
+                                                              int64_t b, const int n) {
+    for (int t = 0; t < n; t++) {
+        __m512i c = _mm512_loadu_si512(corr[t] + 16 * b);
+        __m512i xl = _mm512_loadu_si512(qn[t] + 128 * b), xh = _mm512_loadu_si512(qn[t] + 128 * b + 64);
+        IN_REGISTER(c);
+        IN_REGISTER(xl);
+        IN_REGISTER(xh);
+        const __m512i aa = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(c, la, xl), ua, xh);
+        const __m512i ab = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(c, lb, xl), ub, xh);
+        fa[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(aa), _mm512_permutexvar_ps(id, sa[t]), fa[t]);
+        fb[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ab), _mm512_permutexvar_ps(id, sb[t]), fb[t]);
+    }
+}
+
 /* int4: a step is 64 packed bytes (4 groups, lane i = packed bytes 4i..4i+3 = group i/4). */
 static inline __attribute__((always_inline)) void dot_int4_g32(float *ya, float *yb, int64_t ldy, const uint8_t *row,
                                                                const uint8_t *r1, const uint16_t *sw, const uint16_t *sw1,
@@ -175,22 +194,7 @@ static inline __attribute__((always_inline)) void dot_int4_g32(float *ya, float 
             prefetch_l1(r1 + off + l1d);
             const __m512i la = _mm512_and_si512(wa, m0f), lb = _mm512_and_si512(wb, m0f);
             const __m512i ua = high_nibbles(wa, m0f, gfni), ub = high_nibbles(wb, m0f, gfni);
-            for (int t = 0; t < n; t++) {
-                __m512i c = _mm512_loadu_si512(corr[t] + 16 * b);
-                __m512i xl = _mm512_loadu_si512(qn[t] + 128 * b), xh = _mm512_loadu_si512(qn[t] + 128 * b + 64);
-                IN_REGISTER(c);
-                IN_REGISTER(xl);
-                IN_REGISTER(xh);
-                const __m512i aa = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(c, la, xl), ua, xh);
-                const __m512i ab = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(c, lb, xl), ub, xh);
-                if (j & 1) {
-                    fa1[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(aa), _mm512_permutexvar_ps(id, sa[t]), fa1[t]);
-                    fb1[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ab), _mm512_permutexvar_ps(id, sb[t]), fb1[t]);
-                } else {
-                    fa0[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(aa), _mm512_permutexvar_ps(id, sa[t]), fa0[t]);
-                    fb0[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ab), _mm512_permutexvar_ps(id, sb[t]), fb0[t]);
-                }
-            }
+            int4_tokens(j & 1 ? fa1 : fa0, j & 1 ? fb1 : fb0, la, lb, ua, ub, id, sa, sb, qn, corr, b, n);
             id = _mm512_add_epi32(id, four);
         }
     }
@@ -217,17 +221,7 @@ static inline __attribute__((always_inline)) void dot_int4_g32(float *ya, float 
             prefetch_l1(r1 + 64 * b + l1d);
             const __m512i la = _mm512_and_si512(wa, m0f), lb = _mm512_and_si512(wb, m0f);
             const __m512i ua = high_nibbles(wa, m0f, gfni), ub = high_nibbles(wb, m0f, gfni);
-            for (int t = 0; t < n; t++) {
-                __m512i c = _mm512_loadu_si512(corr[t] + 16 * b);
-                __m512i xl = _mm512_loadu_si512(qn[t] + 128 * b), xh = _mm512_loadu_si512(qn[t] + 128 * b + 64);
-                IN_REGISTER(c);
-                IN_REGISTER(xl);
-                IN_REGISTER(xh);
-                const __m512i aa = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(c, la, xl), ua, xh);
-                const __m512i ab = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(c, lb, xl), ub, xh);
-                fa0[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(aa), _mm512_permutexvar_ps(id, sa[t]), fa0[t]);
-                fb0[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ab), _mm512_permutexvar_ps(id, sb[t]), fb0[t]);
-            }
+            int4_tokens(fa0, fb0, la, lb, ua, ub, id, sa, sb, qn, corr, b, n);
             id = _mm512_add_epi32(id, four);
         }
     }
