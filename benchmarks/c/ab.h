@@ -28,6 +28,41 @@ static void ab_random_qmat(QMat *w, int64_t N, int64_t K, int fmt) {
     w->data = data; w->scales = sc;
 }
 
+/* n tokens of random activations (K values each, uniform in [-0.5, 0.5)) quantized by k into layout L. */
+static inline uint8_t *ab_random_acts(const Kernels *k, const ActLayout *L, int64_t K, int64_t n) {
+    uint8_t *act = calloc((size_t)(n * L->stride), 1);
+    float *x = malloc((size_t)K * 4);
+    for (int64_t t = 0; t < n; t++) {
+        for (int64_t i = 0; i < K; i++) x[i] = (float)rand() / (float)RAND_MAX - 0.5f;
+        k->quantize(L, act + t * L->stride, x, 0, L->nga);
+    }
+    free(x);
+    return act;
+}
+
+/* qgemm with L->one_token over T = 2..tmax tokens, by both tables: is every token's row the one its
+ * T = 1 call gives, bit for bit? Prints each that is not and returns 1 if any. y holds tmax * N floats. */
+static inline int ab_check_one_token(const QMat *w, const ActLayout *L, const uint8_t *act, int64_t tmax, float *y,
+                                     uint8_t *scr) {
+    const Kernels *ks[2] = {&AB_OLD, &AB_NEW};
+    const int64_t N = w->n;
+    float *one = malloc((size_t)N * 4);
+    int bad = 0;
+    for (int v = 0; v < 2; v++)
+        for (int64_t nt = 2; nt <= tmax; nt++) {
+            ks[v]->qgemm(y, N, w, L, act, nt, 0, N, scr);
+            for (int64_t t = 0; t < nt; t++) {
+                ks[v]->qgemm(one, N, w, L, act + t * L->stride, 1, 0, N, scr);
+                if (memcmp(one, y + t * N, (size_t)N * 4)) {
+                    bad = 1;
+                    printf("%s T=%lld token %lld differs from T=1\n", v ? "new" : "old", (long long)nt, (long long)t);
+                }
+            }
+        }
+    free(one);
+    return bad;
+}
+
 /* The rounds argument (default 15), kept to 1..64. */
 static int ab_rounds(int argc, char **argv, int at) {
     const int r = argc > at ? atoi(argv[at]) : 15;

@@ -31,24 +31,12 @@ int main(int argc, char **argv) {
     QMat w;
     ab_random_qmat(&w, N, K, fmt);
     ActLayout L; act_layout(&L, K, 32, fmt); L.one_token = 1;
-    uint8_t *act = calloc((size_t)(TMAX * L.stride), 1), *scr = malloc(kernels_scratch_bytes(w.kp) + 64);
-    float *x = malloc((size_t)K * 4), *y = malloc((size_t)(TMAX * N) * 4), *one = malloc((size_t)N * 4);
-    for (int64_t t = 0; t < TMAX; t++) {
-        for (int64_t i = 0; i < K; i++) x[i] = (float)rand() / (float)RAND_MAX - 0.5f;
-        AB_NEW.quantize(&L, act + t * L.stride, x, 0, L.nga);
-    }
+    uint8_t *act = ab_random_acts(&AB_NEW, &L, K, TMAX), *scr = malloc(kernels_scratch_bytes(w.kp) + 64);
+    float *y = malloc((size_t)(TMAX * N) * 4);
     const Kernels *ks[2] = {&AB_OLD, &AB_NEW};
     static const int64_t Ts[] = {1, 2, 3, 4, 5, 8, 16};
     const int nT = sizeof Ts / sizeof *Ts;
-    int bad = 0;
-    for (int v = 0; v < 2; v++)
-        for (int i = 1; i < nT; i++) {
-            ks[v]->qgemm(y, N, &w, &L, act, Ts[i], 0, N, scr);
-            for (int64_t t = 0; t < Ts[i]; t++) {
-                ks[v]->qgemm(one, N, &w, &L, act + t * L.stride, 1, 0, N, scr);
-                if (memcmp(one, y + t * N, (size_t)N * 4)) { bad = 1; printf("%s T=%lld token %lld differs from T=1\n", v ? "new" : "old", (long long)Ts[i], (long long)t); }
-            }
-        }
+    const int bad = ab_check_one_token(&w, &L, act, TMAX, y, scr);
     const int reps = (int)(2e7 / (double)(N * K)) + 1;
     static double r[2][8][RMAX];
     for (int it = 0; it < rounds; it++)

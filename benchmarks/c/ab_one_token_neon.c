@@ -75,25 +75,9 @@ int main(int argc, char **argv) {
     QMat w;
     ab_random_qmat(&w, N, K, fmt);
     ActLayout L; act_layout(&L, K, 32, fmt); L.one_token = 1;
-    uint8_t *act = calloc((size_t)(TMAX * L.stride), 1), *scr = malloc(kernels_scratch_bytes(w.kp) + 64);
-    float *x = malloc((size_t)K * 4), *y = malloc((size_t)(TMAX * N) * 4), *one = malloc((size_t)N * 4);
-    for (int64_t t = 0; t < TMAX; t++) {
-        for (int64_t i = 0; i < K; i++) x[i] = (float)rand() / (float)RAND_MAX - 0.5f;
-        AB_NEW.quantize(&L, act + t * L.stride, x, 0, L.nga);
-    }
-    int bad = 0;
-    const Kernels *ks[2] = {&AB_OLD, &AB_NEW};  /* the check runs whatever REPS: it cancels out of the difference */
-    for (int v = 0; v < 2; v++)
-        for (int64_t nt = 2; nt <= TMAX; nt++) {
-            ks[v]->qgemm(y, N, &w, &L, act, nt, 0, N, scr);
-            for (int64_t t = 0; t < nt; t++) {
-                ks[v]->qgemm(one, N, &w, &L, act + t * L.stride, 1, 0, N, scr);
-                if (memcmp(one, y + t * N, (size_t)N * 4)) {
-                    bad = 1;
-                    printf("%s T=%lld token %lld differs from T=1\n", v ? "new" : "old", (long long)nt, (long long)t);
-                }
-            }
-        }
+    uint8_t *act = ab_random_acts(&AB_NEW, &L, K, TMAX), *scr = malloc(kernels_scratch_bytes(w.kp) + 64);
+    float *y = malloc((size_t)(TMAX * N) * 4);
+    const int bad = ab_check_one_token(&w, &L, act, TMAX, y, scr);  /* whatever REPS: it cancels out of the difference */
     for (int64_t i = 0; i < reps; i++) k->qgemm(y, N, &w, &L, act, T, 0, N, scr);
     return bad;
 }

@@ -133,6 +133,19 @@ enum { DOT_TOKENS = 4 };
  * and made the one-token int4 call 25% slower in cache (the load ports, not the math, then bound it). */
 #define IN_REGISTER(a) __asm__("" : "+v"(a))
 
+/* Each of n tokens' quantized activations (at byte offset off_q: int8's q, int4's qn), its
+ * per-lane offset corrections and its group scales. */
+static inline __attribute__((always_inline)) void token_rows(const uint8_t *act, const ActLayout *L, int64_t off_q,
+                                                             const int n, const int8_t **q, const int32_t **corr,
+                                                             const float **sx) {
+    for (int t = 0; t < n; t++) {
+        const uint8_t *a = act + t * L->stride;
+        q[t] = (const int8_t *)(a + off_q);
+        corr[t] = (const int32_t *)(a + L->off_corr);
+        sx[t] = (const float *)(a + L->off_s);
+    }
+}
+
 /* One int4 step (64 packed bytes of each row: la, ua the low and high nibbles of row a, lb, ub
  * row b) against n tokens, fma'd into the accumulators fa, fb (the window's even or odd steps). */
 static inline __attribute__((always_inline)) void int4_tokens(__m512 *fa, __m512 *fb, __m512i la, __m512i lb, __m512i ua,
@@ -160,11 +173,7 @@ static inline __attribute__((always_inline)) void dot_int4_g32(float *ya, float 
     const int8_t *qn[DOT_TOKENS];
     const int32_t *corr[DOT_TOKENS];
     const float *sx[DOT_TOKENS];
-    for (int t = 0; t < n; t++) {
-        qn[t] = (const int8_t *)(act + t * L->stride + L->off_qn);
-        corr[t] = (const int32_t *)(act + t * L->stride + L->off_corr);
-        sx[t] = (const float *)(act + t * L->stride + L->off_s);
-    }
+    token_rows(act, L, L->off_qn, n, qn, corr, sx);
     const __m512i m0f = _mm512_set1_epi8(0x0F);
     const __m512i idx0 = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
     const __m512i four = _mm512_set1_epi32(4);
@@ -239,11 +248,7 @@ static inline __attribute__((always_inline)) void dot_int8_g32(float *ya, float 
     const int8_t *q[DOT_TOKENS];
     const int32_t *corr[DOT_TOKENS];
     const float *sx[DOT_TOKENS];
-    for (int t = 0; t < n; t++) {
-        q[t] = (const int8_t *)(act + t * L->stride + L->off_q);
-        corr[t] = (const int32_t *)(act + t * L->stride + L->off_corr);
-        sx[t] = (const float *)(act + t * L->stride + L->off_s);
-    }
+    token_rows(act, L, L->off_q, n, q, corr, sx);
     const __m512i flip = _mm512_set1_epi8((char)0x80);
     const __m512i idx0 = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
     const __m512i two = _mm512_set1_epi32(2);
