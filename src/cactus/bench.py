@@ -233,7 +233,7 @@ def decode_speculative(model, snap, tok: int, prompt_ids, gen: int, drafter, max
 
     session = Session(model)
     model.restore(snap)
-    session.ids = history = [int(i) for i in prompt_ids]
+    session.ids, history = [int(i) for i in prompt_ids], [int(i) for i in prompt_ids]  # as generate(): two lists
     spec = Speculator(session, drafter(), history, max_k)
     out = []
     t = time.perf_counter()
